@@ -1,0 +1,255 @@
+"""The `corehead` command line: parses options, calls the library, prints tables or JSON. No logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Find, prove and exploit Context-aware Retrieval (CoRe) heads in multimodal LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect, validate and generate grounded datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+err = Console(stderr=True)
+out = Console()
+STATE: dict[str, bool] = {"quiet": False, "debug": False}
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin', a local model folder or a hub id.")]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="synthetic:scenes|pages|clips|all, a samples.jsonl or its folder.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of synthetic data (different seeds, different samples).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed samples (counted) instead of failing.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run.")]
+
+
+@app.callback()
+def _global(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    STATE["quiet"] = quiet
+    STATE["debug"] = debug
+
+
+def log(message: str) -> None:
+    if not STATE["quiet"]:
+        err.print(message)
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Any]:
+    """A progress bar on stderr with counts and ETA; `advance(n)` moves it. Silent under --quiet."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=STATE["quiet"],
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _load_samples(spec: str, n: int | None, seed: int, skip_invalid: bool) -> list[Any]:
+    from corehead.data import LoadReport, load_dataset
+
+    report = LoadReport()
+    samples = load_dataset(spec, n=n, seed=seed, skip_invalid=skip_invalid, report=report)
+    if report.skipped:
+        log(f"[yellow]skipped {len(report.skipped)} invalid sample(s):[/yellow]")
+        for reason in report.skipped[:20]:
+            log(f"  {reason}")
+    if not samples:
+        raise ValueError(f"no samples in {spec!r}")
+    return samples
+
+
+def _load_model(name: str, trust_remote_code: bool = False) -> Any:
+    from corehead.models import load_model
+
+    log(f"loading model {name} ...")
+    return load_model(name, trust_remote_code=trust_remote_code)
+
+
+def _accuracy_table(title: str, by_domain: dict[str, dict[str, float]], total: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("domain")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy", justify="right")
+    for domain, row in by_domain.items():
+        table.add_row(domain, str(int(row["n"])), f"{row['accuracy']:.3f}")
+    if len(by_domain) > 1:
+        table.add_row("[bold]all[/bold]", str(int(total["n"])), f"[bold]{total['accuracy']:.3f}[/bold]")
+    return table
+
+
+def _run_eval(adapter: Any, samples: list[Any], out_file: Path | None, batch_size: int) -> Any:
+    from corehead.experiments.evaluate import evaluate
+
+    with progress("answering", len(samples)) as advance:
+        return evaluate(adapter, samples, out=out_file, batch_size=batch_size, on_progress=advance)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = "builtin",
+    data: DataOpt = "synthetic:all",
+    n: Annotated[int | None, typer.Option("--n", help="Number of samples (synthetic default: 100).")] = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per generate call.")] = 16,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write predictions here (JSONL); a rerun resumes it.")
+    ] = None,
+    as_json: JsonOpt = False,
+    skip_invalid: SkipOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Task accuracy (exact match of the generated answer) of a model on a dataset."""
+    samples = _load_samples(data, n, seed, skip_invalid)
+    adapter = _load_model(model, trust_remote_code)
+    result = _run_eval(adapter, samples, out_file, batch_size)
+    summary = {
+        "model": model,
+        "data": data,
+        "seed": seed,
+        "n": result.n,
+        "accuracy": result.accuracy,
+        "by_domain": result.by_domain(),
+    }
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(_accuracy_table(f"{model} on {data}", result.by_domain(), summary))
+
+
+@app.command()
+def demo(
+    n: Annotated[int, typer.Option("--n", help="Held-out samples per synthetic domain.")] = 100,
+    seed: SeedOpt = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the demo's results.")] = Path("runs/demo"),
+    as_json: JsonOpt = False,
+) -> None:
+    """End to end on the built-in model: synthetic data in three domains, then accuracy per domain."""
+    from corehead.data import synthetic
+
+    samples = [s for domain in synthetic.DOMAINS for s in synthetic.generate(domain, n, seed=seed)]
+    log(f"generated {len(samples)} held-out synthetic samples ({', '.join(synthetic.DOMAINS)}; seed {seed})")
+    adapter = _load_model("builtin")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _run_eval(adapter, samples, out_dir / f"predictions-seed{seed}.jsonl", batch_size=32)
+    summary = {"model": "builtin", "data": "synthetic:all", "seed": seed, "n": result.n,
+               "accuracy": result.accuracy, "by_domain": result.by_domain()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(_accuracy_table("built-in model, held-out synthetic samples", result.by_domain(), summary))
+    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl)")
+
+
+@data_app.command("show")
+def data_show(
+    spec: Annotated[str, typer.Argument(help="synthetic:DOMAIN, a samples.jsonl or its folder.")],
+    limit: Annotated[int, typer.Option("--limit", help="How many samples to print.")] = 5,
+    seed: SeedOpt = 0,
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Print loaded samples in corehead's JSONL format, one JSON object per line on stdout."""
+    from corehead.data.sample import sample_to_json
+
+    path = Path(spec)
+    base = (path if path.is_dir() else path.parent).resolve() if not spec.startswith("synthetic:") else None
+    for sample in _load_samples(spec, limit, seed, skip_invalid):
+        sys.stdout.write(json.dumps(sample_to_json(sample, base)) + "\n")
+
+
+@data_app.command("synth")
+def data_synth(
+    domain: Annotated[str, typer.Option("--domain", help="scenes, pages, clips or all.")],
+    n: Annotated[int, typer.Option("--n", help="Number of samples.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for samples.jsonl and images/.")],
+    seed: SeedOpt = 0,
+) -> None:
+    """Write synthetic grounded samples (PNG images + samples.jsonl) that `--data DIR` reads back."""
+    from corehead.data import load_dataset
+    from corehead.data.sample import write_jsonl
+
+    samples = load_dataset(f"synthetic:{domain}", n=n, seed=seed)
+    with progress("writing", len(samples)) as advance:
+
+        def each() -> Iterator[Any]:
+            for sample in samples:
+                yield sample
+                advance()
+
+        path = write_jsonl(each(), out_dir)
+    log(f"wrote {len(samples)} samples to {path}")
+
+
+@app.command("train-builtin")
+def train_builtin(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the trained model, log and checkpoints.")],
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (batches).")] = 4500,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    seed: SeedOpt = 0,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch.")] = 2,
+) -> None:
+    """Train the built-in tiny VLM from scratch (about 90 minutes on 2 cores); resumes from OUT/checkpoint."""
+    from corehead.models.builtin.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads)
+    with progress("training", cfg.steps) as advance:
+        state = {"last": 0}
+
+        def on_step(step: int, record: dict[str, Any]) -> None:
+            if state["last"] == 0 and step > 1:
+                advance(step - 1)
+            advance()
+            state["last"] = step
+            if "heldout" in record:
+                accs = ", ".join(f"{k} {v:.2f}" for k, v in record["heldout"].items())
+                log(f"step {step}: loss {record['loss']:.3f}, held-out {accs}")
+
+        summary = train(out_dir, cfg, on_step=on_step)
+    out.print_json(json.dumps({"out": str(out_dir), "steps": summary["steps"], "heldout": summary["heldout"]}))
+
+
+def main() -> None:
+    """Console entry point: errors are one clear line (exit 1) unless --debug."""
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Numbers computed from model outputs: answer scoring per task."""

@@ -1,0 +1,123 @@
+"""The built-in tiny VLM: a real Qwen3-VL architecture, trained by corehead on its synthetic domains.
+
+It ships in `weights/` (config, safetensors, tokenizer, image processor), loads with transformers' own
+`from_pretrained`, offline, and goes through the same adapter as every other Qwen-VL model.
+Decoder: 4 layers x 16 query heads / 4 KV heads (64 query heads, GQA groups of 4), hidden 256.
+Vision: patch 16, 2x2 merge (32 px per decoder token), temporal patch 2, depth 4, width 128.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen3VLConfig
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from corehead.data.synthetic import COLOURS, DIGITS, DOMAINS, SHAPES, TEMPLATES, make_scene
+
+WEIGHTS = Path(__file__).parent / "weights"
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+VOCAB_SIZE = 512
+
+
+def _corpus() -> list[str]:
+    """Every word and phrase the built-in model is asked or answers, for training its tokenizer."""
+    lines = ["user\n", "assistant\n", *COLOURS, *DIGITS, *SHAPES]
+    for domain in DOMAINS:
+        for template in TEMPLATES[domain]:
+            for key in SHAPES:
+                for t0 in range(0, 10, 2):
+                    lines.append(template.format(key=key, t0=t0, t1=t0 + 2))
+        for i in range(5):
+            lines += [f.question + " " + f.answer for f in make_scene(domain, 0, i, "train").facts]
+    lines += [f"<{t + 0.5:.1f} seconds>" for t in range(0, 64)]
+    lines += [f"<{t:.1f} seconds>" for t in range(0, 64)]
+    return lines
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on the synthetic corpus (deterministic)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+
+
+def build_image_processor() -> Qwen2VLImageProcessorPil:
+    """Qwen3-VL's image preprocessing (patch 16, merge 2), capped for a CPU-sized model."""
+    return Qwen2VLImageProcessorPil(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=64 * 64,
+        max_pixels=320 * 320,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False) -> Qwen3VLConfig:
+    """The built-in architecture; `small` is a faster variant for tests of the trainer."""
+    tok = tokenizer.convert_tokens_to_ids
+    layers, heads, hidden = (2, 4, 64) if small else (4, 16, 256)
+    return Qwen3VLConfig(
+        text_config={
+            "vocab_size": VOCAB_SIZE,
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads // 4,
+            "head_dim": 16,
+            "max_position_embeddings": 8192,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "tie_word_embeddings": True,
+            "bos_token_id": tok("<|endoftext|>"),
+            "eos_token_id": tok("<|im_end|>"),
+            "pad_token_id": tok("<|endoftext|>"),
+        },
+        vision_config={
+            "depth": 2 if small else 4,
+            "hidden_size": 64 if small else 128,
+            "intermediate_size": 128 if small else 384,
+            "num_heads": 4,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": hidden,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [1],
+        },
+        image_token_id=tok("<|image_pad|>"),
+        video_token_id=tok("<|video_pad|>"),
+        vision_start_token_id=tok("<|vision_start|>"),
+        vision_end_token_id=tok("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
