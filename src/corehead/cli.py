@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(
@@ -48,8 +56,9 @@ def _global(
 
 
 def log(message: str) -> None:
+    """A status line on stderr (rich markup allowed), silent under --quiet."""
     if not STATE["quiet"]:
-        err.print(message)
+        err.print(message, soft_wrap=True, highlight=False)
 
 
 @contextmanager
@@ -79,7 +88,7 @@ def _load_samples(spec: str, n: int | None, seed: int, skip_invalid: bool) -> li
     if report.skipped:
         log(f"[yellow]skipped {len(report.skipped)} invalid sample(s):[/yellow]")
         for reason in report.skipped[:20]:
-            log(f"  {reason}")
+            log(f"  {escape(reason)}")
     if not samples:
         raise ValueError(f"no samples in {spec!r}")
     return samples
@@ -158,8 +167,14 @@ def demo(
     adapter = _load_model("builtin")
     out_dir.mkdir(parents=True, exist_ok=True)
     result = _run_eval(adapter, samples, out_dir / f"predictions-seed{seed}.jsonl", batch_size=32)
-    summary = {"model": "builtin", "data": "synthetic:all", "seed": seed, "n": result.n,
-               "accuracy": result.accuracy, "by_domain": result.by_domain()}
+    summary = {
+        "model": "builtin",
+        "data": "synthetic:all",
+        "seed": seed,
+        "n": result.n,
+        "accuracy": result.accuracy,
+        "by_domain": result.by_domain(),
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         out.print_json(json.dumps(summary))
@@ -251,5 +266,5 @@ def main() -> None:
     except Exception as exc:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -38,6 +38,8 @@ def load_dataset(
     if path.is_dir():
         path = path / "samples.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"no dataset at {spec!r}: expected synthetic:DOMAIN, a .jsonl file or a folder with samples.jsonl")
+        raise FileNotFoundError(
+            f"no dataset at {spec!r}: expected synthetic:DOMAIN, a .jsonl file or a folder with samples.jsonl"
+        )
     rows = read_jsonl(path, skip_invalid=skip_invalid, report=report, require_answer=require_answer)
     return list(islice(rows, n))

@@ -176,7 +176,8 @@ def sample_to_json(sample: Sample, base: Path | None = None) -> dict[str, Any]:
 
 def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool = True) -> Sample:
     """Parse and validate one JSON object; image paths are resolved against `base` and opened."""
-    sid = str(obj.get("id", "")) if isinstance(obj, dict) else ""
+    raw_id = obj.get("id") if isinstance(obj, dict) else None
+    sid = "" if raw_id is None else str(raw_id).strip()
     if not isinstance(obj, dict):
         raise SampleError(sid, "<line>", f"expected a JSON object, got {type(obj).__name__}", where)
 
@@ -194,8 +195,11 @@ def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool
     try:
         regions = [_region_from_json(r) for r in need(obj, "regions", "regions")]
         distractors = [_region_from_json(r) for r in obj.get("distractors") or []]
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise SampleError(sid, "regions", f"malformed region ({exc})", where) from None
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise SampleError(sid, "meta", "must be an object", where)
     sample = Sample(
         id=sid,
         units=units,
@@ -203,13 +207,15 @@ def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool
         answer=str(obj.get("answer") or ""),
         regions=regions,
         distractors=distractors,
-        meta=dict(obj.get("meta") or {}),
+        meta=dict(meta),
     )
     validate(sample, require_answer=require_answer, where=where)
     return sample
 
 
-def _region_from_json(raw: dict[str, Any]) -> Region:
+def _region_from_json(raw: Any) -> Region:
+    if not isinstance(raw, dict):
+        raise TypeError(f"a region is an object with 'unit' and 'box', got {raw!r}")
     box = raw.get("box")
     return Region(unit=int(raw["unit"]), box=None if box is None else tuple(float(v) for v in box))  # type: ignore[arg-type]
 
@@ -228,24 +234,32 @@ def _unit_from_json(raw: Any, i: int, sid: str, base: Path, where: str) -> Visua
     try:
         with Image.open(path) as img:
             width, height = img.size
+            img.verify()  # catches truncated or corrupt files now, not mid-run
     except FileNotFoundError:
         raise SampleError(sid, f"{name}.source", f"image file not found: {path}", where) from None
     except OSError as exc:
         raise SampleError(sid, f"{name}.source", f"unreadable image {path}: {exc}", where) from None
+
+    def number(key: str, cast: type) -> Any:
+        if raw.get(key) is None:
+            return None
+        try:
+            return cast(raw[key])
+        except (TypeError, ValueError):
+            raise SampleError(sid, f"{name}.{key}", f"must be a number, got {raw[key]!r}", where) from None
+
     for key, actual in (("width", width), ("height", height)):
-        if raw.get(key) is not None and int(raw[key]) != actual:
-            raise SampleError(
-                sid, f"{name}.{key}", f"says {raw[key]} but the image {path} has {key} {actual}", where
-            )
-    timestamp = raw.get("timestamp")
+        given = number(key, int)
+        if given is not None and given != actual:
+            raise SampleError(sid, f"{name}.{key}", f"says {given} but the image {path} has {key} {actual}", where)
     return VisualUnit(
         kind=kind,
         source=str(path.resolve()),
         width=width,
         height=height,
-        page=None if raw.get("page") is None else int(raw["page"]),
-        frame=None if raw.get("frame") is None else int(raw["frame"]),
-        timestamp=None if timestamp is None else float(timestamp),
+        page=number("page", int),
+        frame=number("frame", int),
+        timestamp=number("timestamp", float),
     )
 
 
@@ -293,11 +307,23 @@ def write_jsonl(samples: Iterable[Sample], out_dir: Path, name: str = "samples.j
                     file = images / f"{_safe(sample.id)}_{k}.png"
                     unit.image.save(file)
                     unit = VisualUnit(
-                        unit.kind, str(file.resolve()), unit.width, unit.height, unit.page, unit.frame, unit.timestamp
+                        unit.kind,
+                        str(file.resolve()),
+                        unit.width,
+                        unit.height,
+                        unit.page,
+                        unit.frame,
+                        unit.timestamp,
                     )
                 units.append(unit)
             stored = Sample(
-                sample.id, units, sample.question, sample.answer, sample.regions, sample.distractors, sample.meta
+                sample.id,
+                units,
+                sample.question,
+                sample.answer,
+                sample.regions,
+                sample.distractors,
+                sample.meta,
             )
             handle.write(json.dumps(sample_to_json(stored, out_dir)) + "\n")
     return target

@@ -58,7 +58,11 @@ CLIP_FPS = 1.0
 SEGMENT_FRAMES = 2
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "scenes": ("What colour is the {key}?", "Which colour does the {key} have?", "What is the colour of the {key}?"),
+    "scenes": (
+        "What colour is the {key}?",
+        "Which colour does the {key} have?",
+        "What is the colour of the {key}?",
+    ),
     "pages": (
         "Which number is next to the {key}?",
         "What value is written beside the {key}?",
@@ -103,7 +107,11 @@ class Scene:
 
 
 def draw_shape(
-    draw: ImageDraw.ImageDraw, shape: str, box: Box, fill: tuple[int, int, int], background: tuple[int, int, int]
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    box: Box,
+    fill: tuple[int, int, int],
+    background: tuple[int, int, int],
 ) -> None:
     """Draw one of SHAPES filling `box` (`background` fills the hole of a ring)."""
     x0, y0, x1, y1 = box
@@ -130,7 +138,22 @@ def draw_shape(
         poly([(0, -1), (1, 0), (0, 1), (-1, 0)])
     elif shape == "cross":
         t = 0.3
-        poly([(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)])
+        poly(
+            [
+                (-t, -1),
+                (t, -1),
+                (t, -t),
+                (1, -t),
+                (1, t),
+                (t, t),
+                (t, 1),
+                (-t, 1),
+                (-t, t),
+                (-1, t),
+                (-1, -t),
+                (-t, -t),
+            ]
+        )
     elif shape == "hexagon":
         poly([(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]])
     elif shape == "ring":
@@ -175,7 +198,10 @@ def _place(rng: np.random.Generator, sizes: list[int], width: int, height: int, 
                 y = int(rng.integers(margin, height - s - margin))
                 cand = (x, y, x + s, y + s)
                 if all(
-                    cand[0] >= b[2] + margin or cand[2] + margin <= b[0] or cand[1] >= b[3] + margin or cand[3] + margin <= b[1]
+                    cand[0] >= b[2] + margin
+                    or cand[2] + margin <= b[0]
+                    or cand[1] >= b[3] + margin
+                    or cand[3] + margin <= b[1]
                     for b in boxes
                 ):
                     boxes.append((float(cand[0]), float(cand[1]), float(cand[2]), float(cand[3])))
@@ -264,10 +290,17 @@ def _clips(rng: np.random.Generator, source: str) -> Scene:
         boxes.append(frame_boxes)
         units.append(
             VisualUnit(
-                "frame", f"{source}/frame{f}", CLIP_SIZE, CLIP_SIZE, frame=f, timestamp=f / CLIP_FPS, image=img
+                "frame",
+                f"{source}/frame{f}",
+                CLIP_SIZE,
+                CLIP_SIZE,
+                frame=f,
+                timestamp=f / CLIP_FPS,
+                image=img,
             )
         )
-    facts, things = [], []
+    facts: list[Fact] = []
+    things: list[Thing] = []
     for o, shape in enumerate(shapes):
         for s in range(n_seg):
             frames = range(s * SEGMENT_FRAMES, (s + 1) * SEGMENT_FRAMES)
@@ -296,9 +329,7 @@ def make_scene(domain: str, seed: int, index: int, split: str = "eval") -> Scene
 def scene_sample(scene: Scene, fact: Fact, sample_id: str, meta: dict | None = None) -> Sample:
     """A Sample asking one fact of a scene; the other facts' regions in the same units are distractors."""
     units = {r.unit for r in fact.regions}
-    distractors = [
-        r for other in scene.facts if other.key != fact.key for r in other.regions if r.unit in units
-    ]
+    distractors = [r for other in scene.facts if other.key != fact.key for r in other.regions if r.unit in units]
     return Sample(
         id=sample_id,
         units=scene.units,

@@ -93,8 +93,11 @@ class QwenVLAdapter:
         self._add_text(out, "prompt", prefix)
         maps = []
         for group in _unit_groups(units):
-            maps.append(self._add_video(out, units, group) if len(group) > 1 or units[group[0]].kind == "frame"
-                        else self._add_image(out, units, group[0]))
+            maps.append(
+                self._add_video(out, units, group)
+                if len(group) > 1 or units[group[0]].kind == "frame"
+                else self._add_image(out, units, group[0])
+            )
         out.token_map = VisualTokenMap(*(np.concatenate(parts) for parts in zip(*maps, strict=True)))
         for tag, text in pieces:
             self._add_text(out, tag, text)
@@ -149,7 +152,9 @@ class QwenVLAdapter:
             per_frame = np.concatenate([per_frame, np.repeat(per_frame[-1:], pad, axis=0)])
         t = per_frame.shape[0] // self.temporal
         grouped = per_frame.reshape(t, self.temporal, *per_frame.shape[1:]).transpose(0, 2, 3, 1, 4, 5)
-        out.pixels.setdefault("pixel_values_videos", []).append(torch.from_numpy(grouped.reshape(t * grouped.shape[1], -1)))
+        out.pixels.setdefault("pixel_values_videos", []).append(
+            torch.from_numpy(grouped.reshape(t * grouped.shape[1], -1))
+        )
         out.pixels.setdefault("video_grid_thw", []).append(torch.tensor([[t, rows, cols]]))
         cells = self._cells(units[group[0]], rows, cols)
         n = len(cells)
@@ -167,7 +172,12 @@ class QwenVLAdapter:
             positions = [self._add_tokens(out, self.video_token, n * t, 2)]
             fps = _fps(units, group)
             out.pixels.setdefault("second_per_grid_ts", []).append(torch.tensor([self.temporal / fps]))
-        return np.concatenate(positions), np.concatenate(firsts), np.concatenate(spans), np.tile(cells, (t, 1))
+        return (
+            np.concatenate(positions),
+            np.concatenate(firsts),
+            np.concatenate(spans),
+            np.tile(cells, (t, 1)),
+        )
 
     # ------------------------------------------------------------------------------------ batching
 

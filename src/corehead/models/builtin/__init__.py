@@ -80,7 +80,10 @@ def build_image_processor() -> Qwen2VLImageProcessorPil:
 
 def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False) -> Qwen3VLConfig:
     """The built-in architecture; `small` is a faster variant for tests of the trainer."""
-    tok = tokenizer.convert_tokens_to_ids
+
+    def tok(token: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
+
     layers, heads, hidden = (2, 4, 64) if small else (4, 16, 256)
     return Qwen3VLConfig(
         text_config={

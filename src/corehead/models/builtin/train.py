@@ -28,8 +28,9 @@ from transformers import Qwen3VLForConditionalGeneration
 
 from corehead.data.synthetic import COLOURS, DIGITS, DOMAINS, SHAPES, Scene, generate, make_scene
 from corehead.experiments.evaluate import evaluate
+from corehead.models.base import VisualTokenMap
 from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
-from corehead.models.qwen_vl import ASSISTANT, END, USER, Piece, QwenVLAdapter
+from corehead.models.qwen_vl import ASSISTANT, END, USER, Assembled, Piece, QwenVLAdapter
 
 VALUES: tuple[str, ...] = (*COLOURS, *DIGITS)
 CHECKPOINT = "checkpoint"
@@ -92,29 +93,23 @@ def _pieces(scene: Scene, rng: np.random.Generator, compact: bool, max_turns: in
     return USER, pieces
 
 
-def _cell_labels(scene: Scene, adapter: QwenVLAdapter, token_map: Any) -> np.ndarray:
+def _cell_labels(scene: Scene, token_map: VisualTokenMap) -> np.ndarray:
     """Per visual token: (shape id, value id) of the object centred in its cell (0 = nothing)."""
     labels = np.zeros((len(token_map), 2), dtype=np.int64)
     for thing in scene.things:
         cx, cy = (thing.box[0] + thing.box[2]) / 2, (thing.box[1] + thing.box[3]) / 2
         c = token_map.cells
-        hit = (
-            (token_map.units == thing.unit)
-            & (c[:, 0] <= cx)
-            & (cx < c[:, 2])
-            & (c[:, 1] <= cy)
-            & (cy < c[:, 3])
-        )
+        hit = (token_map.units == thing.unit) & (c[:, 0] <= cx) & (cx < c[:, 2]) & (c[:, 1] <= cy) & (cy < c[:, 3])
         labels[hit] = (SHAPES.index(thing.shape) + 1, VALUES.index(thing.value) + 1)
     return labels
 
 
-def make_batch(
-    adapter: QwenVLAdapter, cfg: TrainConfig, step: int
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The step-th training batch (deterministic for the seed): model inputs with labels, aux labels."""
     rng = np.random.default_rng([cfg.seed, step])
-    rows, image_labels, video_labels = [], [], []
+    rows: list[Assembled] = []
+    image_labels: list[np.ndarray] = []
+    video_labels: list[np.ndarray] = []
     share = _compact_share(cfg, step)
     for b in range(cfg.batch_size):
         index = step * cfg.batch_size + b
@@ -122,8 +117,8 @@ def make_batch(
         prefix, pieces = _pieces(scene, rng, bool(rng.random() < share), cfg.max_turns)
         assembled = adapter.assemble(scene.units, prefix, pieces)
         rows.append(assembled)
-        labels = _cell_labels(scene, adapter, assembled.token_map)
-        (video_labels if scene.domain == "clips" else image_labels).append(labels)
+        cell_labels = _cell_labels(scene, assembled.token_map)
+        (video_labels if scene.domain == "clips" else image_labels).append(cell_labels)
     encoded = [r.encoded() for r in rows]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
@@ -169,7 +164,7 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     processor = build_image_processor()
     torch.manual_seed(cfg.seed)
     model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small))
-    aux = _Aux(model.config.text_config.hidden_size)
+    aux = _Aux(model.config.get_text_config().hidden_size)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     start = 0
@@ -185,7 +180,11 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     adapter = QwenVLAdapter(model, tokenizer, processor, "builtin")
     feats: list[torch.Tensor] = []
     hook = model.model.visual.merger.register_forward_hook(lambda m, i, o: feats.append(o))
-    log = (out / "train_log.jsonl").open("a", encoding="utf-8")
+    log_path = out / "train_log.jsonl"
+    if log_path.exists():  # drop rows written after the checkpoint we resume from: they will be redone
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    log = log_path.open("a", encoding="utf-8")
     began = time.time()
     step = start
     accuracy: dict[str, float] = {}

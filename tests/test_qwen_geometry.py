@@ -1,0 +1,163 @@
+"""The visual token map against the pixels the processor really feeds each token.
+
+Each cell the map assigns to a token is painted a unique colour in the original image; after the
+processor's resize and patching, the centre of that token's patches (read back from pixel_values by
+our own un-patchify) must carry that colour. This checks the resize scaling, the merge order and the
+token order at once, for odd sizes, extreme aspect ratios, several pages and video.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from corehead.data.sample import Region, Sample, VisualUnit
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+def _palette(n: int, salt: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(1234 + salt)
+    return rng.integers(0, 256, size=(n, 3))
+
+
+def _paint(width: int, height: int, cells: np.ndarray, colours: np.ndarray) -> Image.Image:
+    img = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(img)
+    for (x0, y0, x1, y1), c in zip(cells, colours, strict=True):
+        draw.rectangle((round(x0), round(y0), round(x1) - 1, round(y1) - 1), fill=tuple(int(v) for v in c))
+    return img
+
+
+def _token_blocks(pixel_rows: np.ndarray, adapter: QwenVLAdapter) -> np.ndarray:
+    """Our own un-patchify: rows of pixel_values -> [tokens, temporal, C, 32, 32] in 0..255."""
+    p, m, t = adapter.patch, adapter.merge, adapter.temporal
+    patches = pixel_rows.reshape(-1, m, m, 3, t, p, p)  # token, mh, mw, C, t, ph, pw
+    blocks = patches.transpose(0, 4, 3, 1, 5, 2, 6).reshape(-1, t, 3, m * p, m * p)
+    return (blocks * 0.5 + 0.5) * 255.0  # the built-in processor normalizes with mean = std = 0.5
+
+
+def _centre_colours(blocks: np.ndarray) -> np.ndarray:
+    q = blocks.shape[-1] // 4
+    return blocks[..., q:-q, q:-q].mean(axis=(-1, -2))  # [tokens, temporal, C]
+
+
+def _sample(units: list[VisualUnit]) -> Sample:
+    return Sample("geo", units, "What colour is the star?", "red", [Region(0, None)])
+
+
+def _nearest(found: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return np.argmin(((found[:, None, :] - palette[None, :, :]) ** 2).sum(-1), axis=1)
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 170), (640, 90), (90, 500), (800, 600), (33, 45)])
+def test_image_cells_match_fed_pixels(tiny_builtin: QwenVLAdapter, size: tuple[int, int]) -> None:
+    width, height = size
+    probe = VisualUnit("image", "probe", width, height, image=Image.new("RGB", size))
+    token_map = tiny_builtin.encode(_sample([probe])).token_map
+    colours = _palette(len(token_map))
+    unit = VisualUnit("image", "painted", width, height, image=_paint(width, height, token_map.cells, colours))
+    enc = tiny_builtin.encode(_sample([unit]))
+    assert len(enc.token_map) == len(colours)
+    blocks = _token_blocks(enc.inputs["pixel_values"].numpy(), tiny_builtin)
+    found = _centre_colours(blocks)[:, 0]
+    assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
+    assert np.abs(found - colours).max() < 40  # resampling blurs edges, never the centre of a cell
+    # cells tile the whole image and positions are exactly the image placeholder tokens
+    cells = enc.token_map.cells
+    assert cells[:, 0].min() == 0 and cells[:, 1].min() == 0
+    assert cells[:, 2].max() == pytest.approx(width) and cells[:, 3].max() == pytest.approx(height)
+    area = ((cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])).sum()
+    assert area == pytest.approx(width * height)
+    ids = enc.inputs["input_ids"][0]
+    assert torch.equal(torch.nonzero(ids == tiny_builtin.image_token)[:, 0], torch.from_numpy(enc.token_map.positions))
+
+
+def test_several_pages_keep_their_own_tokens(tiny_builtin: QwenVLAdapter) -> None:
+    sizes = [(192, 256), (250, 130), (192, 256)]
+    probes = [
+        VisualUnit("page", f"p{i}", w, h, page=i + 1, image=Image.new("RGB", (w, h))) for i, (w, h) in enumerate(sizes)
+    ]
+    token_map = tiny_builtin.encode(_sample(probes)).token_map
+    colours = _palette(len(token_map), salt=1)
+    pages = []
+    for i, (w, h) in enumerate(sizes):
+        mine = token_map.units == i
+        pages.append(
+            VisualUnit("page", f"p{i}", w, h, page=i + 1, image=_paint(w, h, token_map.cells[mine], colours[mine]))
+        )
+    enc = tiny_builtin.encode(_sample(pages))
+    assert enc.token_map.units.tolist() == sorted(enc.token_map.units.tolist())
+    assert set(enc.token_map.units.tolist()) == {0, 1, 2}
+    found = _centre_colours(_token_blocks(enc.inputs["pixel_values"].numpy(), tiny_builtin))[:, 0]
+    assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
+    grid = enc.inputs["image_grid_thw"]
+    assert grid.shape == (3, 3) and int((grid.prod(1) // 4).sum()) == len(enc.token_map)
+
+
+@pytest.mark.parametrize("n_frames", [4, 5])
+def test_video_tokens_cover_their_frame_pairs(tiny_builtin: QwenVLAdapter, n_frames: int) -> None:
+    w, h = 160, 96
+    probes = [
+        VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=Image.new("RGB", (w, h)))
+        for f in range(n_frames)
+    ]
+    token_map = tiny_builtin.encode(_sample(probes)).token_map
+    per_frame = int((token_map.units == 0).sum())
+    cells = token_map.cells[:per_frame]
+    palettes = [_palette(per_frame, salt=10 + f) for f in range(n_frames)]
+    frames = [
+        VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=_paint(w, h, cells, palettes[f]))
+        for f in range(n_frames)
+    ]
+    enc = tiny_builtin.encode(_sample(frames))
+    groups = (n_frames + 1) // 2
+    assert len(enc.token_map) == groups * per_frame
+    assert enc.token_map.units.tolist() == [2 * g for g in range(groups) for _ in range(per_frame)]
+    expected_spans = [min(2, n_frames - 2 * g) for g in range(groups) for _ in range(per_frame)]
+    assert enc.token_map.spans.tolist() == expected_spans
+    found = _centre_colours(_token_blocks(enc.inputs["pixel_values_videos"].numpy(), tiny_builtin))
+    for g in range(groups):
+        rows = slice(g * per_frame, (g + 1) * per_frame)
+        for half in range(2):
+            frame = min(2 * g + half, n_frames - 1)  # the processor repeats the last frame to fill a pair
+            assert np.array_equal(_nearest(found[rows, half], palettes[frame]), np.arange(per_frame))
+    text = tiny_builtin.tokenizer.decode(enc.inputs["input_ids"][0])
+    assert "<0.2 seconds>" in text or "<0.3 seconds>" in text  # frames at 0.0 and 0.5 s -> 0.25 s
+    assert text.count("<|vision_start|>") == groups
+    assert enc.inputs["video_grid_thw"].tolist() == [[groups, h // 16, w // 16]]  # 96x160 needs no resize
+
+
+def test_forward_and_generate_on_all_modalities(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.data.synthetic import DOMAINS, make_sample
+
+    samples = [make_sample(d, 0, i) for d in DOMAINS for i in range(2)]
+    encoded = [tiny_builtin.encode(s, answer=True) for s in samples]
+    batch = tiny_builtin.collate(encoded)
+    with torch.no_grad():
+        logits = tiny_builtin.model(**batch).logits
+    assert logits.shape[:2] == batch["input_ids"].shape
+    # a padded batch gives the same last-token logits as each sample alone
+    for i, e in enumerate(encoded):
+        with torch.no_grad():
+            alone = tiny_builtin.model(**e.inputs).logits[0, -1]
+        assert torch.allclose(alone, logits[i, -1], atol=1e-4)
+    answers = tiny_builtin.generate(samples, max_new_tokens=3)
+    assert len(answers) == len(samples) and all(isinstance(a, str) for a in answers)
+
+
+def test_encode_marks_question_prompt_end_and_answer(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.data.synthetic import make_sample
+
+    sample = make_sample("scenes", 0, 0)
+    enc = tiny_builtin.encode(sample, answer=True)
+    decode = tiny_builtin.tokenizer.decode
+    ids = enc.inputs["input_ids"][0]
+    assert decode(ids[enc.question]) == sample.question
+    assert decode(ids[enc.answer]) == sample.answer
+    assert enc.prompt_end == enc.answer[0] - 1
+    assert decode(ids[enc.prompt_end]).endswith("\n")
+    assert enc.token_map.positions.max() < enc.question.min()
+    no_answer = tiny_builtin.encode(sample)
+    assert len(no_answer.answer) == 0 and no_answer.prompt_end == no_answer.length - 1
