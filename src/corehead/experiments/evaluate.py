@@ -53,12 +53,7 @@ def evaluate(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"sample ids must be unique: {dup!r} appears more than once")
     wanted = set(ids)
-    done: dict[str, dict[str, Any]] = {}
-    if out is not None and out.exists():
-        for line in out.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row["id"] in wanted:
-                done[row["id"]] = row
+    done = _finished_rows(out, wanted) if out is not None else {}
     todo = [s for s in samples if s.id not in done]
     if on_progress is not None and done:
         on_progress(len(samples) - len(todo))
@@ -90,3 +85,18 @@ def evaluate(
         if handle is not None:
             handle.close()
     return EvalResult([done[i] for i in ids])
+
+
+def _finished_rows(out: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Rows already in `out` for the wanted ids; rewrites the file without a torn last line or duplicates."""
+    if not out.exists():
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interruption: that sample is answered again
+        rows.setdefault(row["id"], row)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows.values()), encoding="utf-8")
+    return {k: v for k, v in rows.items() if k in wanted}
