@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from corehead.data.sample import Region, Sample, VisualUnit
 from corehead.models.qwen_vl import QwenVLAdapter
@@ -35,7 +36,9 @@ def _token_blocks(pixel_rows: np.ndarray, adapter: QwenVLAdapter) -> np.ndarray:
     p, m, t = adapter.patch, adapter.merge, adapter.temporal
     patches = pixel_rows.reshape(-1, m, m, 3, t, p, p)  # token, mh, mw, C, t, ph, pw
     blocks = patches.transpose(0, 4, 3, 1, 5, 2, 6).reshape(-1, t, 3, m * p, m * p)
-    return (blocks * 0.5 + 0.5) * 255.0  # the built-in processor normalizes with mean = std = 0.5
+    mean = np.asarray(adapter.image_processor.image_mean).reshape(1, 1, 3, 1, 1)
+    std = np.asarray(adapter.image_processor.image_std).reshape(1, 1, 3, 1, 1)
+    return (blocks * std + mean) * 255.0
 
 
 def _centre_colours(blocks: np.ndarray) -> np.ndarray:
@@ -52,15 +55,15 @@ def _nearest(found: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("size", [(256, 256), (300, 170), (640, 90), (90, 500), (800, 600), (33, 45)])
-def test_image_cells_match_fed_pixels(tiny_builtin: QwenVLAdapter, size: tuple[int, int]) -> None:
+def test_image_cells_match_fed_pixels(qwen_family: QwenVLAdapter, size: tuple[int, int]) -> None:
     width, height = size
     probe = VisualUnit("image", "probe", width, height, image=Image.new("RGB", size))
-    token_map = tiny_builtin.encode(_sample([probe])).token_map
+    token_map = qwen_family.encode(_sample([probe])).token_map
     colours = _palette(len(token_map))
     unit = VisualUnit("image", "painted", width, height, image=_paint(width, height, token_map.cells, colours))
-    enc = tiny_builtin.encode(_sample([unit]))
+    enc = qwen_family.encode(_sample([unit]))
     assert len(enc.token_map) == len(colours)
-    blocks = _token_blocks(enc.inputs["pixel_values"].numpy(), tiny_builtin)
+    blocks = _token_blocks(enc.inputs["pixel_values"].numpy(), qwen_family)
     found = _centre_colours(blocks)[:, 0]
     assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
     assert np.abs(found - colours).max() < 40  # resampling blurs edges, never the centre of a cell
@@ -71,15 +74,15 @@ def test_image_cells_match_fed_pixels(tiny_builtin: QwenVLAdapter, size: tuple[i
     area = ((cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])).sum()
     assert area == pytest.approx(width * height)
     ids = enc.inputs["input_ids"][0]
-    assert torch.equal(torch.nonzero(ids == tiny_builtin.image_token)[:, 0], torch.from_numpy(enc.token_map.positions))
+    assert torch.equal(torch.nonzero(ids == qwen_family.image_token)[:, 0], torch.from_numpy(enc.token_map.positions))
 
 
-def test_several_pages_keep_their_own_tokens(tiny_builtin: QwenVLAdapter) -> None:
+def test_several_pages_keep_their_own_tokens(qwen_family: QwenVLAdapter) -> None:
     sizes = [(192, 256), (250, 130), (192, 256)]
     probes = [
         VisualUnit("page", f"p{i}", w, h, page=i + 1, image=Image.new("RGB", (w, h))) for i, (w, h) in enumerate(sizes)
     ]
-    token_map = tiny_builtin.encode(_sample(probes)).token_map
+    token_map = qwen_family.encode(_sample(probes)).token_map
     colours = _palette(len(token_map), salt=1)
     pages = []
     for i, (w, h) in enumerate(sizes):
@@ -87,23 +90,23 @@ def test_several_pages_keep_their_own_tokens(tiny_builtin: QwenVLAdapter) -> Non
         pages.append(
             VisualUnit("page", f"p{i}", w, h, page=i + 1, image=_paint(w, h, token_map.cells[mine], colours[mine]))
         )
-    enc = tiny_builtin.encode(_sample(pages))
+    enc = qwen_family.encode(_sample(pages))
     assert enc.token_map.units.tolist() == sorted(enc.token_map.units.tolist())
     assert set(enc.token_map.units.tolist()) == {0, 1, 2}
-    found = _centre_colours(_token_blocks(enc.inputs["pixel_values"].numpy(), tiny_builtin))[:, 0]
+    found = _centre_colours(_token_blocks(enc.inputs["pixel_values"].numpy(), qwen_family))[:, 0]
     assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
     grid = enc.inputs["image_grid_thw"]
     assert grid.shape == (3, 3) and int((grid.prod(1) // 4).sum()) == len(enc.token_map)
 
 
 @pytest.mark.parametrize("n_frames", [4, 5])
-def test_video_tokens_cover_their_frame_pairs(tiny_builtin: QwenVLAdapter, n_frames: int) -> None:
+def test_video_tokens_cover_their_frame_pairs(qwen_family: QwenVLAdapter, n_frames: int) -> None:
     w, h = 160, 96
     probes = [
         VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=Image.new("RGB", (w, h)))
         for f in range(n_frames)
     ]
-    token_map = tiny_builtin.encode(_sample(probes)).token_map
+    token_map = qwen_family.encode(_sample(probes)).token_map
     per_frame = int((token_map.units == 0).sum())
     cells = token_map.cells[:per_frame]
     palettes = [_palette(per_frame, salt=10 + f) for f in range(n_frames)]
@@ -111,53 +114,106 @@ def test_video_tokens_cover_their_frame_pairs(tiny_builtin: QwenVLAdapter, n_fra
         VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=_paint(w, h, cells, palettes[f]))
         for f in range(n_frames)
     ]
-    enc = tiny_builtin.encode(_sample(frames))
+    enc = qwen_family.encode(_sample(frames))
     groups = (n_frames + 1) // 2
     assert len(enc.token_map) == groups * per_frame
     assert enc.token_map.units.tolist() == [2 * g for g in range(groups) for _ in range(per_frame)]
     expected_spans = [min(2, n_frames - 2 * g) for g in range(groups) for _ in range(per_frame)]
     assert enc.token_map.spans.tolist() == expected_spans
-    found = _centre_colours(_token_blocks(enc.inputs["pixel_values_videos"].numpy(), tiny_builtin))
+    found = _centre_colours(_token_blocks(enc.inputs["pixel_values_videos"].numpy(), qwen_family))
     for g in range(groups):
         rows = slice(g * per_frame, (g + 1) * per_frame)
         for half in range(2):
             frame = min(2 * g + half, n_frames - 1)  # the processor repeats the last frame to fill a pair
             assert np.array_equal(_nearest(found[rows, half], palettes[frame]), np.arange(per_frame))
-    text = tiny_builtin.tokenizer.decode(enc.inputs["input_ids"][0])
-    assert "<0.2 seconds>" in text or "<0.3 seconds>" in text  # frames at 0.0 and 0.5 s -> 0.25 s
-    assert text.count("<|vision_start|>") == groups
-    assert enc.inputs["video_grid_thw"].tolist() == [[groups, h // 16, w // 16]]  # 96x160 needs no resize
+    text = qwen_family.tokenizer.decode(enc.inputs["input_ids"][0])
+    if qwen_family.timestamps:  # Qwen3-VL: "<t seconds>" before each frame pair; 0.0 s and 0.5 s -> 0.25 s
+        assert "<0.2 seconds>" in text or "<0.3 seconds>" in text
+        assert text.count("<|vision_start|>") == groups
+    else:
+        assert "seconds" not in text and text.count("<|vision_start|>") == 1
+    factor = qwen_family.patch * qwen_family.merge
+    rh, rw = smart_resize(h, w, factor=factor, min_pixels=factor * factor, max_pixels=320 * 320)
+    assert enc.inputs["video_grid_thw"].tolist() == [[groups, rh // qwen_family.patch, rw // qwen_family.patch]]
 
 
-def test_forward_and_generate_on_all_modalities(tiny_builtin: QwenVLAdapter) -> None:
+def test_forward_and_generate_on_all_modalities(qwen_family: QwenVLAdapter) -> None:
     from corehead.data.synthetic import DOMAINS, make_sample
 
     samples = [make_sample(d, 0, i) for d in DOMAINS for i in range(2)]
-    encoded = [tiny_builtin.encode(s, answer=True) for s in samples]
-    batch = tiny_builtin.collate(encoded)
+    encoded = [qwen_family.encode(s, answer=True) for s in samples]
+    batch = qwen_family.collate(encoded)
     with torch.no_grad():
-        logits = tiny_builtin.model(**batch).logits
+        logits = qwen_family.model(**batch).logits
     assert logits.shape[:2] == batch["input_ids"].shape
     # a padded batch gives the same last-token logits as each sample alone
     for i, e in enumerate(encoded):
         with torch.no_grad():
-            alone = tiny_builtin.model(**e.inputs).logits[0, -1]
+            alone = qwen_family.model(**e.inputs).logits[0, -1]
         assert torch.allclose(alone, logits[i, -1], atol=1e-4)
-    answers = tiny_builtin.generate(samples, max_new_tokens=3)
+    answers = qwen_family.generate(samples, max_new_tokens=3)
     assert len(answers) == len(samples) and all(isinstance(a, str) for a in answers)
 
 
-def test_encode_marks_question_prompt_end_and_answer(tiny_builtin: QwenVLAdapter) -> None:
+def test_encode_marks_question_prompt_end_and_answer(qwen_family: QwenVLAdapter) -> None:
     from corehead.data.synthetic import make_sample
 
     sample = make_sample("scenes", 0, 0)
-    enc = tiny_builtin.encode(sample, answer=True)
-    decode = tiny_builtin.tokenizer.decode
+    enc = qwen_family.encode(sample, answer=True)
+    decode = qwen_family.tokenizer.decode
     ids = enc.inputs["input_ids"][0]
     assert decode(ids[enc.question]) == sample.question
     assert decode(ids[enc.answer]) == sample.answer
     assert enc.prompt_end == enc.answer[0] - 1
     assert decode(ids[enc.prompt_end]).endswith("\n")
     assert enc.token_map.positions.max() < enc.question.min()
-    no_answer = tiny_builtin.encode(sample)
+    no_answer = qwen_family.encode(sample)
     assert len(no_answer.answer) == 0 and no_answer.prompt_end == no_answer.length - 1
+
+
+def test_region_boxes_round_trip_through_tokens(qwen_family: QwenVLAdapter) -> None:
+    """box -> tokens -> union of their cells covers the box to within one cell, for every synthetic domain."""
+    from corehead.data.synthetic import DOMAINS, make_sample
+    from corehead.models.base import sample_region_tokens
+
+    for domain in DOMAINS:
+        for i in range(4):
+            sample = make_sample(domain, 3, i)
+            token_map = qwen_family.encode(sample).token_map
+            for region in sample.regions:
+                idx, fell_back = token_map.region_tokens(region)
+                cells = token_map.cells[idx]
+                cell_w = (cells[:, 2] - cells[:, 0]).max()
+                cell_h = (cells[:, 3] - cells[:, 1]).max()
+                x0, y0, x1, y1 = region.box
+                assert np.all(token_map.covers_unit(region.unit)[idx])
+                assert cells[:, 0].min() <= x0 + cell_w and cells[:, 2].max() >= x1 - cell_w
+                assert cells[:, 1].min() <= y0 + cell_h and cells[:, 3].max() >= y1 - cell_h
+                if not fell_back:  # every chosen cell is at least half inside the box
+                    ix = np.clip(np.minimum(cells[:, 2], x1) - np.maximum(cells[:, 0], x0), 0, None)
+                    iy = np.clip(np.minimum(cells[:, 3], y1) - np.maximum(cells[:, 1], y0), 0, None)
+                    area = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
+                    assert np.all(ix * iy >= 0.5 * area - 1e-9)
+            union = sample_region_tokens(sample, token_map)
+            assert len(union.indices) >= 1
+
+
+def test_small_and_missing_regions(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.data.sample import SampleError
+    from corehead.models.base import sample_region_tokens
+
+    unit = VisualUnit("image", "blank", 256, 256, image=Image.new("RGB", (256, 256)))
+    token_map = tiny_builtin.encode(_sample([unit])).token_map
+    idx, fell_back = token_map.region_tokens(Region(0, (40.0, 40.0, 50.0, 50.0)))  # inside cell (1, 1)
+    assert fell_back and len(idx) == 1
+    assert token_map.cells[idx[0]].tolist() == [32.0, 32.0, 64.0, 64.0]
+    whole, fell_back = token_map.region_tokens(Region(0, None))
+    assert not fell_back and len(whole) == 64
+    sample = Sample("ghost", [unit], "q?", "a", [Region(3, None)])
+    with pytest.raises(SampleError, match="ghost"):
+        sample_region_tokens(sample, token_map)
+    counted = sample_region_tokens(
+        Sample("tiny", [unit], "q?", "a", [Region(0, (40.0, 40.0, 50.0, 50.0)), Region(0, (0.0, 0.0, 64.0, 64.0))]),
+        token_map,
+    )
+    assert counted.fallbacks == 1 and len(counted.indices) == 4

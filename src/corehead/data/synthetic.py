@@ -88,7 +88,7 @@ class Fact:
 
 @dataclass
 class Thing:
-    """One drawn object in one unit, with the labels an auxiliary vision loss may predict."""
+    """A drawn object (or part of one) in one unit, with the labels an auxiliary vision loss may predict."""
 
     unit: int
     box: Box
@@ -257,7 +257,10 @@ def _pages(rng: np.random.Generator, source: str) -> Scene:
             draw.text((x_val, y - 2), value, fill=(10, 10, 10), font=_font(26))
             box = (float(x_key - 2), float(y), float(x_val + 20), float(y + 27))
             facts.append(Fact(_template(rng, "pages").format(key=key), value, key, [Region(p, box)], key))
-            things.append(Thing(p, box, key, value))
+            # the icon and the digit each carry the whole line's labels: a vision tower that predicts
+            # them has bound key to value along the row
+            things.append(Thing(p, (x_key, y + 2, x_key + 22, y + 24), key, value))
+            things.append(Thing(p, (x_val, y + 2, x_val + 16, y + 26), key, value))
         draw.text((width - 24, height - 14), str(p + 1), fill=(120, 120, 120), font=_font(10))
         units.append(VisualUnit("page", f"{source}/page{p + 1}", width, height, page=p + 1, image=img))
     return Scene("pages", units, facts, things)

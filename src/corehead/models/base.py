@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from corehead.data.sample import Sample
+from corehead.data.sample import Region, Sample, SampleError
 
 
 @dataclass
@@ -27,6 +27,37 @@ class VisualTokenMap:
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
+
+    def covers_unit(self, unit: int) -> np.ndarray:
+        """Boolean mask of the tokens that cover `unit` (a video token covers its whole frame pair)."""
+        return (self.units <= unit) & (unit < self.units + self.spans)
+
+    def region_tokens(self, region: Region, min_overlap: float = 0.5) -> tuple[np.ndarray, bool]:
+        """Indices into this map of the tokens covering `region`, and whether the fallback was used.
+
+        A token belongs to a box region when at least `min_overlap` of its cell lies inside the box; a
+        whole-unit region takes all the unit's tokens. A box too small or thin for any cell to pass falls
+        back to the cells it overlaps most: the best cell, and any other cell with at least half the best
+        cell's overlap (so a thin text line straddling two cell rows keeps its whole width). A region
+        overlapping no token raises ValueError.
+        """
+        on_unit = np.flatnonzero(self.covers_unit(region.unit))
+        if region.box is None or len(on_unit) == 0:
+            if len(on_unit) == 0:
+                raise ValueError(f"no visual token covers unit {region.unit} (was it capped away?)")
+            return on_unit, False
+        x0, y0, x1, y1 = region.box
+        c = self.cells[on_unit]
+        inter = np.clip(np.minimum(c[:, 2], x1) - np.maximum(c[:, 0], x0), 0, None) * np.clip(
+            np.minimum(c[:, 3], y1) - np.maximum(c[:, 1], y0), 0, None
+        )
+        share = inter / ((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]))
+        inside = on_unit[share >= min_overlap]
+        if len(inside):
+            return inside, False
+        if share.max() <= 0:
+            raise ValueError(f"box {list(region.box)} overlaps no visual token of unit {region.unit}")
+        return on_unit[share >= 0.5 * share.max()], True
 
     def shifted(self, offset: int) -> VisualTokenMap:
         """The same map for a sequence with `offset` tokens prepended (left padding)."""
@@ -66,3 +97,28 @@ class ModelAdapter(Protocol):
     def generate(self, samples: list[Sample], max_new_tokens: int = 16) -> list[str]:
         """Greedy answers, one per sample."""
         ...
+
+
+@dataclass
+class RegionTokens:
+    """The visual tokens of a sample's regions (indices into its token map), and how they were found."""
+
+    indices: np.ndarray
+    fallbacks: int  # regions too small for any cell to pass the overlap threshold
+
+
+def sample_region_tokens(
+    sample: Sample, token_map: VisualTokenMap, regions: list[Region] | None = None, min_overlap: float = 0.5
+) -> RegionTokens:
+    """Union of the tokens of `regions` (default: the sample's evidence regions); errors name the sample."""
+    chosen = sample.regions if regions is None else regions
+    parts, fallbacks = [], 0
+    for k, region in enumerate(chosen):
+        try:
+            idx, fell_back = token_map.region_tokens(region, min_overlap)
+        except ValueError as exc:
+            raise SampleError(sample.id, f"regions[{k}]", str(exc)) from None
+        parts.append(idx)
+        fallbacks += int(fell_back)
+    indices = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    return RegionTokens(indices, fallbacks)

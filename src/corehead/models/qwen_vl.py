@@ -170,8 +170,9 @@ class QwenVLAdapter:
             spans.append(np.full(n, span))
         if not self.timestamps:
             positions = [self._add_tokens(out, self.video_token, n * t, 2)]
-            fps = _fps(units, group)
-            out.pixels.setdefault("second_per_grid_ts", []).append(torch.tensor([self.temporal / fps]))
+            if self.family == "qwen2_5_vl":  # its temporal positions advance with real time
+                fps = _fps(units, group)
+                out.pixels.setdefault("second_per_grid_ts", []).append(torch.tensor([self.temporal / fps]))
         return (
             np.concatenate(positions),
             np.concatenate(firsts),
