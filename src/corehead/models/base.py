@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from corehead.data.sample import Region, Sample, SampleError
+from corehead.data.sample import Region, Sample, SampleError, VisualUnit
 
 
 @dataclass
@@ -27,6 +28,11 @@ class VisualTokenMap:
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
+
+    @classmethod
+    def empty(cls) -> VisualTokenMap:
+        zeros = np.zeros(0, dtype=np.int64)
+        return cls(zeros, zeros, zeros, np.zeros((0, 4)))
 
     def covers_unit(self, unit: int) -> np.ndarray:
         """Boolean mask of the tokens that cover `unit` (a video token covers its whole frame pair)."""
@@ -79,6 +85,43 @@ class Encoded:
         return int(self.inputs["input_ids"].shape[1])
 
 
+# One element of a token sequence: a tag saying what the text is (question, prompt, answer, end, text)
+Piece = tuple[str, str]
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+
+
+@dataclass
+class Assembled:
+    """A token sequence with per-token tags, its pixel inputs and the visual token map."""
+
+    ids: list[int] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    mm_types: list[int] = field(default_factory=list)  # 0 text, 1 image, 2 video (Qwen's mm_token_type_ids)
+    pixels: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    token_map: VisualTokenMap = field(default_factory=VisualTokenMap.empty)
+
+    def add_pixels(self, key: str, value: torch.Tensor) -> None:
+        self.pixels.setdefault(key, []).append(value)
+
+    def encoded(self, with_mm_types: bool = True) -> Encoded:
+        tags = np.array(self.tags)
+        inputs: dict[str, torch.Tensor] = {
+            "input_ids": torch.tensor([self.ids]),
+            "attention_mask": torch.ones(1, len(self.ids), dtype=torch.long),
+        }
+        if with_mm_types:
+            inputs["mm_token_type_ids"] = torch.tensor([self.mm_types])
+        inputs.update({k: torch.cat(v) for k, v in self.pixels.items() if v})
+        prompt = np.flatnonzero(tags == "prompt")
+        return Encoded(
+            inputs=inputs,
+            token_map=self.token_map,
+            question=np.flatnonzero(tags == "question"),
+            prompt_end=int(prompt[-1]) if len(prompt) else len(self.ids) - 1,
+            answer=np.flatnonzero(tags == "answer"),
+        )
+
+
 class ModelAdapter(Protocol):
     """A loaded vision-language model and the knowledge of how it sees pixels."""
 
@@ -122,3 +165,99 @@ def sample_region_tokens(
         fallbacks += int(fell_back)
     indices = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     return RegionTokens(indices, fallbacks)
+
+
+class ChatAdapter(ABC):
+    """Shared machinery of the adapters: chat prompt, tokenizing piece by piece, batching, generation.
+
+    A family subclass sets the chat strings and implements `add_units`, which appends the visual input
+    (placeholder tokens and pixels) exactly as the model's processor would and returns its token map.
+    """
+
+    user_prefix: str = "<|im_start|>user\n"  # before the visual input
+    assistant_prefix: str = "<|im_end|>\n<|im_start|>assistant\n"  # between question and answer
+    end_of_turn: str = "<|im_end|>"
+    with_mm_types: bool = False  # whether the model takes mm_token_type_ids
+
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.family = str(model.config.model_type)
+        self.end_token = int(tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        pad = tokenizer.pad_token_id
+        self.pad_token = int(pad) if pad is not None else self.end_token
+
+    @abstractmethod
+    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
+        """Append the visual input of `units` to `out`; return the map of the visual tokens added."""
+
+    def text_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def add_text(self, out: Assembled, tag: str, text: str) -> None:
+        ids = self.text_ids(text)
+        out.ids += ids
+        out.tags += [tag] * len(ids)
+        out.mm_types += [0] * len(ids)
+
+    def add_tokens(self, out: Assembled, token: int, count: int, mm_type: int, tag: str = "vision") -> np.ndarray:
+        """Append `count` copies of a placeholder token; returns their positions."""
+        start = len(out.ids)
+        out.ids += [token] * count
+        out.tags += [tag] * count
+        out.mm_types += [mm_type] * count
+        return np.arange(start, start + count)
+
+    def assemble(self, units: list[VisualUnit], prefix: str, pieces: list[Piece]) -> Assembled:
+        """prefix text, then the visual units, then the tagged text pieces, tokenized piece by piece."""
+        if not units:
+            raise ValueError("a sample needs at least one visual unit")
+        out = Assembled()
+        self.add_text(out, "prompt", prefix)
+        out.token_map = self.add_units(out, units)
+        for tag, text in pieces:
+            self.add_text(out, tag, text)
+        return out
+
+    def encode(self, sample: Sample, answer: bool = False) -> Encoded:
+        pieces: list[Piece] = [("question", sample.question), ("prompt", self.assistant_prefix)]
+        if answer:
+            pieces += [("answer", sample.answer), ("end", self.end_of_turn)]
+        try:
+            assembled = self.assemble(sample.units, self.user_prefix, pieces)
+        except (ValueError, OSError) as exc:
+            raise SampleError(sample.id, "units", str(exc)) from None
+        return assembled.encoded(self.with_mm_types)
+
+    def collate(self, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
+        """Left-pad a list of encoded samples into one batch (pixels concatenated in sample order)."""
+        width = max(e.length for e in encoded)
+        batch: dict[str, list[torch.Tensor]] = {}
+        for e in encoded:
+            pad = width - e.length
+            for key, value in e.inputs.items():
+                if key in SEQUENCE_KEYS:
+                    fill = self.pad_token if key == "input_ids" else 0
+                    value = torch.cat([torch.full((1, pad), fill, dtype=value.dtype), value], dim=1)
+                batch.setdefault(key, []).append(value)
+        return {k: self.concat(k, v) for k, v in batch.items()}
+
+    def concat(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
+        """Join one input across samples; families whose pixel tensors differ in shape override this."""
+        return torch.cat(values)
+
+    @torch.no_grad()
+    def generate(self, samples: list[Sample], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers, one per sample, generated as one left-padded batch."""
+        encoded = [self.encode(s) for s in samples]
+        batch = {k: v.to(self.model.device) for k, v in self.collate(encoded).items()}
+        out = self.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.end_token,
+            pad_token_id=self.pad_token,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -9,60 +9,29 @@ pair; Qwen2/2.5 put the whole video in one block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from corehead.data.sample import Sample, VisualUnit
-from corehead.models.base import Encoded, VisualTokenMap
+from corehead.data.sample import VisualUnit
+from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap
 
-USER = "<|im_start|>user\n"
-ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
-END = "<|im_end|>"
+__all__ = ["ASSISTANT", "END", "USER", "Assembled", "Piece", "QwenVLAdapter"]
 
-# One element of a token sequence: a tag saying what the text is (question, prompt, answer, end, text)
-Piece = tuple[str, str]
-
-
-@dataclass
-class Assembled:
-    """A token sequence with per-token tags, its pixel inputs and the visual token map."""
-
-    ids: list[int]
-    tags: list[str]
-    mm_types: list[int]
-    pixels: dict[str, list[torch.Tensor]]
-    token_map: VisualTokenMap
-
-    def encoded(self) -> Encoded:
-        tags = np.array(self.tags)
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": torch.tensor([self.ids]),
-            "attention_mask": torch.ones(1, len(self.ids), dtype=torch.long),
-            "mm_token_type_ids": torch.tensor([self.mm_types]),
-        }
-        inputs.update({k: torch.cat(v) for k, v in self.pixels.items() if v})
-        prompt = np.flatnonzero(tags == "prompt")
-        return Encoded(
-            inputs=inputs,
-            token_map=self.token_map,
-            question=np.flatnonzero(tags == "question"),
-            prompt_end=int(prompt[-1]) if len(prompt) else len(self.ids) - 1,
-            answer=np.flatnonzero(tags == "answer"),
-        )
+USER = ChatAdapter.user_prefix
+ASSISTANT = ChatAdapter.assistant_prefix
+END = ChatAdapter.end_of_turn
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(ChatAdapter):
     """Encodes samples for a Qwen-VL model exactly as its processor would, and knows each token's pixels."""
 
+    with_mm_types = True
+
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, name)
         self.image_processor = image_processor
-        self.name = name
-        self.family = model.config.model_type
         vision = model.config.vision_config
         self.patch = int(vision.patch_size)
         self.merge = int(vision.spatial_merge_size)
@@ -73,49 +42,22 @@ class QwenVLAdapter:
         self.video_token = tok("<|video_pad|>")
         self.vision_start = tok("<|vision_start|>")
         self.vision_end = tok("<|vision_end|>")
-        self.end_token = tok(END)
-        self.pad_token = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_token
 
-    # ------------------------------------------------------------------------------------ encoding
-
-    def text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, sample: Sample, answer: bool = False) -> Encoded:
-        pieces: list[Piece] = [("question", sample.question), ("prompt", ASSISTANT)]
-        if answer:
-            pieces += [("answer", sample.answer), ("end", END)]
-        return self.assemble(sample.units, USER, pieces).encoded()
-
-    def assemble(self, units: list[VisualUnit], prefix: str, pieces: list[Piece]) -> Assembled:
-        """prefix text, then the visual units, then the tagged text pieces, tokenized piece by piece."""
-        out = Assembled([], [], [], {}, VisualTokenMap(*_empty_map()))
-        self._add_text(out, "prompt", prefix)
+    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
         maps = []
         for group in _unit_groups(units):
-            maps.append(
-                self._add_video(out, units, group)
-                if len(group) > 1 or units[group[0]].kind == "frame"
-                else self._add_image(out, units, group[0])
-            )
-        out.token_map = VisualTokenMap(*(np.concatenate(parts) for parts in zip(*maps, strict=True)))
-        for tag, text in pieces:
-            self._add_text(out, tag, text)
-        return out
-
-    def _add_text(self, out: Assembled, tag: str, text: str) -> None:
-        ids = self.text_ids(text)
-        out.ids += ids
-        out.tags += [tag] * len(ids)
-        out.mm_types += [0] * len(ids)
+            if units[group[0]].kind == "frame":
+                maps.append(self._add_video(out, units, group))
+            else:
+                maps.append(self._add_image(out, units, group[0]))
+        return VisualTokenMap(*(np.concatenate(parts) for parts in zip(*maps, strict=True)))
 
     def _add_tokens(self, out: Assembled, token: int, count: int, mm_type: int) -> np.ndarray:
-        out.ids.append(self.vision_start)
-        start = len(out.ids)
-        out.ids += [token] * count + [self.vision_end]
-        out.tags += ["vision"] * (count + 2)
-        out.mm_types += [0] + [mm_type] * count + [0]
-        return np.arange(start, start + count)
+        """<|vision_start|>, `count` placeholders, <|vision_end|>; returns the placeholders' positions."""
+        self.add_tokens(out, self.vision_start, 1, 0)
+        positions = self.add_tokens(out, token, count, mm_type)
+        self.add_tokens(out, self.vision_end, 1, 0)
+        return positions
 
     def _pixels(self, frames: list[Any]) -> tuple[np.ndarray, int, int]:
         """Patches of each frame (processor layout) and the patch grid (rows, cols)."""
@@ -135,8 +77,8 @@ class QwenVLAdapter:
         patches, rows, cols = self._pixels([unit.load()])
         cells = self._cells(unit, rows, cols)
         positions = self._add_tokens(out, self.image_token, len(cells), 1)
-        out.pixels.setdefault("pixel_values", []).append(torch.from_numpy(patches))
-        out.pixels.setdefault("image_grid_thw", []).append(torch.tensor([[1, rows, cols]]))
+        out.add_pixels("pixel_values", torch.from_numpy(patches))
+        out.add_pixels("image_grid_thw", torch.tensor([[1, rows, cols]]))
         n = len(cells)
         return positions, np.full(n, index), np.ones(n, dtype=np.int64), cells
 
@@ -152,10 +94,8 @@ class QwenVLAdapter:
             per_frame = np.concatenate([per_frame, np.repeat(per_frame[-1:], pad, axis=0)])
         t = per_frame.shape[0] // self.temporal
         grouped = per_frame.reshape(t, self.temporal, *per_frame.shape[1:]).transpose(0, 2, 3, 1, 4, 5)
-        out.pixels.setdefault("pixel_values_videos", []).append(
-            torch.from_numpy(grouped.reshape(t * grouped.shape[1], -1))
-        )
-        out.pixels.setdefault("video_grid_thw", []).append(torch.tensor([[t, rows, cols]]))
+        out.add_pixels("pixel_values_videos", torch.from_numpy(grouped.reshape(t * grouped.shape[1], -1)))
+        out.add_pixels("video_grid_thw", torch.tensor([[t, rows, cols]]))
         cells = self._cells(units[group[0]], rows, cols)
         n = len(cells)
         positions, firsts, spans = [], [], []
@@ -164,7 +104,7 @@ class QwenVLAdapter:
             span = min(self.temporal, len(group) - first)
             if self.timestamps:
                 stamps = [units[group[first + j]].timestamp or 0.0 for j in range(span)]
-                self._add_text(out, "vision", f"<{sum(stamps) / len(stamps):.1f} seconds>")
+                self.add_text(out, "vision", f"<{sum(stamps) / len(stamps):.1f} seconds>")
                 positions.append(self._add_tokens(out, self.video_token, n, 2))
             firsts.append(np.full(n, group[first]))
             spans.append(np.full(n, span))
@@ -172,47 +112,13 @@ class QwenVLAdapter:
             positions = [self._add_tokens(out, self.video_token, n * t, 2)]
             if self.family == "qwen2_5_vl":  # its temporal positions advance with real time
                 fps = _fps(units, group)
-                out.pixels.setdefault("second_per_grid_ts", []).append(torch.tensor([self.temporal / fps]))
+                out.add_pixels("second_per_grid_ts", torch.tensor([self.temporal / fps]))
         return (
             np.concatenate(positions),
             np.concatenate(firsts),
             np.concatenate(spans),
             np.tile(cells, (t, 1)),
         )
-
-    # ------------------------------------------------------------------------------------ batching
-
-    def collate(self, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-        """Left-pad a list of encoded samples into one batch (pixels concatenated in sample order)."""
-        width = max(e.length for e in encoded)
-        batch: dict[str, list[torch.Tensor]] = {}
-        for e in encoded:
-            pad = width - e.length
-            for key, value in e.inputs.items():
-                if key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-                    fill = self.pad_token if key == "input_ids" else 0
-                    value = torch.cat([torch.full((1, pad), fill, dtype=value.dtype), value], dim=1)
-                batch.setdefault(key, []).append(value)
-        return {k: torch.cat(v) for k, v in batch.items()}
-
-    @torch.no_grad()
-    def generate(self, samples: list[Sample], max_new_tokens: int = 16) -> list[str]:
-        encoded = [self.encode(s) for s in samples]
-        batch = {k: v.to(self.model.device) for k, v in self.collate(encoded).items()}
-        out = self.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.end_token,
-            pad_token_id=self.pad_token,
-        )
-        new = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-
-
-def _empty_map() -> tuple[np.ndarray, ...]:
-    zeros = np.zeros(0, dtype=np.int64)
-    return zeros, zeros, zeros, np.zeros((0, 4))
 
 
 def _unit_groups(units: list[VisualUnit]) -> list[list[int]]:

@@ -119,7 +119,7 @@ def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dic
         rows.append(assembled)
         cell_labels = _cell_labels(scene, assembled.token_map)
         (video_labels if scene.domain == "clips" else image_labels).append(cell_labels)
-    encoded = [r.encoded() for r in rows]
+    encoded = [r.encoded(adapter.with_mm_types) for r in rows]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
     labels = torch.full_like(batch["input_ids"], -100)
