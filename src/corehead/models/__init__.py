@@ -1,23 +1,27 @@
-"""Model loading: pick the adapter for a checkpoint's architecture."""
+"""Model loading: pick the adapter for a checkpoint's architecture.
+
+Each family module exposes `make_adapter(model, tokenizer, path, name)`, which loads the family's image
+processor from `path` and returns its `ChatAdapter`. `FAMILIES` maps a config's `model_type` to it.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from corehead.models.base import Encoded, ModelAdapter, VisualTokenMap
-from corehead.models.qwen_vl import QwenVLAdapter
+from corehead.models.base import ChatAdapter, Encoded, ModelAdapter, VisualTokenMap
 
-__all__ = ["SUPPORTED", "Encoded", "ModelAdapter", "VisualTokenMap", "load_model", "resolve"]
+__all__ = ["FAMILIES", "ChatAdapter", "Encoded", "ModelAdapter", "VisualTokenMap", "load_model", "resolve"]
 
-SUPPORTED: dict[str, str] = {
-    "qwen3_vl": "Qwen3-VL",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "qwen2_vl": "Qwen2-VL",
+# model_type -> (display name, module holding make_adapter)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "qwen3_vl": ("Qwen3-VL", "corehead.models.qwen_vl"),
+    "qwen2_5_vl": ("Qwen2.5-VL", "corehead.models.qwen_vl"),
+    "qwen2_vl": ("Qwen2-VL", "corehead.models.qwen_vl"),
 }
 
 
@@ -39,19 +43,20 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
-) -> ModelAdapter:
-    """Load a vision-language model and wrap it in the adapter for its architecture."""
+) -> ChatAdapter:
+    """Load a vision-language model (safetensors weights) and wrap it in the adapter for its architecture."""
     path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     family = config.model_type
-    if family not in SUPPORTED:
-        known = ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items())
+    if family not in FAMILIES:
+        known = ", ".join(f"{k} ({v[0]})" for k, v in FAMILIES.items())
         raise ValueError(f"unsupported architecture {family!r} in {name_or_path}; supported: {known}")
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code, use_safetensors=True
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     name = "builtin" if name_or_path == "builtin" else str(Path(name_or_path).name or name_or_path)
-    return QwenVLAdapter(model, tokenizer, processor, name)
+    module = importlib.import_module(FAMILIES[family][1])
+    adapter: ChatAdapter = module.make_adapter(model, tokenizer, path, name)
+    return adapter

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from corehead.data.sample import VisualUnit
 from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap
 
-__all__ = ["ASSISTANT", "END", "USER", "Assembled", "Piece", "QwenVLAdapter"]
+__all__ = ["ASSISTANT", "END", "USER", "Assembled", "Piece", "QwenVLAdapter", "make_adapter"]
 
 USER = ChatAdapter.user_prefix
 ASSISTANT = ChatAdapter.assistant_prefix
@@ -138,3 +139,8 @@ def _fps(units: list[VisualUnit], group: list[int]) -> float:
         return 1.0
     span = float(stamps[-1]) - float(stamps[0])  # type: ignore[arg-type]
     return (len(group) - 1) / span if span > 0 else 1.0
+
+
+def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> QwenVLAdapter:
+    """The adapter for a loaded Qwen-VL checkpoint; its image processor settings come from `path`."""
+    return QwenVLAdapter(model, tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path), name)
