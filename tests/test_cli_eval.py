@@ -1,0 +1,62 @@
+"""`corehead eval` and load_model on a saved checkpoint of the built-in architecture (random weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from corehead.cli import app
+from corehead.models import load_model
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory, tiny_builtin: QwenVLAdapter) -> Path:
+    path = tmp_path_factory.mktemp("tiny-qwen3-vl")
+    tiny_builtin.model.save_pretrained(path)
+    tiny_builtin.tokenizer.save_pretrained(path)
+    tiny_builtin.image_processor.save_pretrained(path)
+    return path
+
+
+def test_load_model_picks_the_family_adapter(saved_model: Path, tiny_builtin: QwenVLAdapter) -> None:
+    adapter = load_model(str(saved_model))
+    assert isinstance(adapter, QwenVLAdapter) and adapter.family == "qwen3_vl"
+    from corehead.data.synthetic import make_sample
+
+    sample = make_sample("pages", 0, 0)
+    assert adapter.generate([sample], max_new_tokens=3) == tiny_builtin.generate([sample], max_new_tokens=3)
+
+
+def test_unknown_architecture_lists_supported(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match=r"unsupported architecture 'bert'.*qwen3_vl"):
+        load_model(str(tmp_path))
+
+
+def test_eval_json_reports_accuracy_and_seed_changes_samples(saved_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--quiet", "eval", "--model", str(saved_model), "--data", "synthetic:clips", "--n", "4", "--json"]
+    first = runner.invoke(app, [*args, "--seed", "1", "--out", str(tmp_path / "p1.jsonl")])
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["n"] == 4 and summary["model"] == str(saved_model) and summary["data"] == "synthetic:clips"
+    assert 0.0 <= summary["accuracy"] <= 1.0 and set(summary["by_domain"]) == {"clips"}
+    rows = [json.loads(line) for line in (tmp_path / "p1.jsonl").read_text().splitlines()]
+    assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 4)
+    second = runner.invoke(app, [*args, "--seed", "2", "--out", str(tmp_path / "p2.jsonl")])
+    assert second.exit_code == 0, second.output
+    other = [json.loads(line) for line in (tmp_path / "p2.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] != [r["question"] for r in other]
+
+
+def test_eval_on_a_jsonl_dataset(saved_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    synth = runner.invoke(app, ["--quiet", "data", "synth", "--domain", "all", "--n", "3", "--out", str(tmp_path)])
+    assert synth.exit_code == 0, synth.output
+    result = runner.invoke(app, ["--quiet", "eval", "--model", str(saved_model), "--data", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n"] == 3
