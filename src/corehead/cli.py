@@ -55,6 +55,11 @@ def _global(
     STATE["debug"] = debug
 
 
+def emit_json(obj: Any) -> None:
+    """One JSON object on one line of stdout, for scripts."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+
+
 def log(message: str) -> None:
     """A status line on stderr (rich markup allowed), silent under --quiet."""
     if not STATE["quiet"]:
@@ -147,7 +152,7 @@ def eval_cmd(
         "by_domain": result.by_domain(),
     }
     if as_json:
-        out.print_json(json.dumps(summary))
+        emit_json(summary)
     else:
         out.print(_accuracy_table(f"{model} on {data}", result.by_domain(), summary))
 
@@ -177,7 +182,7 @@ def demo(
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
-        out.print_json(json.dumps(summary))
+        emit_json(summary)
         return
     out.print(_accuracy_table("built-in model, held-out synthetic samples", result.by_domain(), summary))
     log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl)")
@@ -196,7 +201,7 @@ def data_show(
     path = Path(spec)
     base = (path if path.is_dir() else path.parent).resolve() if not spec.startswith("synthetic:") else None
     for sample in _load_samples(spec, limit, seed, skip_invalid):
-        sys.stdout.write(json.dumps(sample_to_json(sample, base)) + "\n")
+        emit_json(sample_to_json(sample, base))
 
 
 @data_app.command("synth")
@@ -247,7 +252,7 @@ def train_builtin(
                 log(f"step {step}: loss {record['loss']:.3f}, held-out {accs}")
 
         summary = train(out_dir, cfg, on_step=on_step)
-    out.print_json(json.dumps({"out": str(out_dir), "steps": summary["steps"], "heldout": summary["heldout"]}))
+    emit_json({"out": str(out_dir), "steps": summary["steps"], "heldout": summary["heldout"]})
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 It ships in `weights/` (config, safetensors, tokenizer, image processor), loads with transformers' own
 `from_pretrained`, offline, and goes through the same adapter as every other Qwen-VL model.
-Decoder: 4 layers x 16 query heads / 4 KV heads (64 query heads, GQA groups of 4), hidden 256.
+Decoder: 4 layers x 16 query heads / 4 KV heads (64 query heads, GQA groups of 4), hidden 256, head dim 32.
 Vision: patch 16, 2x2 merge (32 px per decoder token), temporal patch 2, depth 4, width 128.
 """
 
@@ -93,12 +93,12 @@ def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False) -> Qwe
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
             "num_key_value_heads": heads // 4,
-            "head_dim": 16,
+            "head_dim": 32,
             "max_position_embeddings": 8192,
             "rope_parameters": {
                 "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [4, 2, 2],
+                "rope_theta": 5_000_000.0,  # as Qwen3-VL: most rotary frequencies stay slow, so heads can match content
+                "mrope_section": [6, 5, 5],
                 "mrope_interleaved": True,
             },
             "tie_word_embeddings": True,

@@ -45,7 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     aux_weight: float = 0.5
-    max_turns: int = 4
+    max_turns: int = 6
     compact_start: float = 0.8  # share of one-hop sequences early in training
     compact_end: float = 0.25
     curriculum_steps: tuple[int, int] = (600, 2000)

@@ -1,0 +1,127 @@
+"""InternVL adapter: transformers' native InternVL classes (the InternVL3 / InternVL3.5 "-hf" checkpoints).
+
+Geometry, as GotOcr2ImageProcessor (crop_to_patches) and InternVLModel.get_image_features compute it: an
+image is resized to (cols * tile, rows * tile) px, where (cols, rows) is the grid of min_patches..max_patches
+tiles whose aspect ratio is closest to the image's (get_optimal_tiled_canvas); it is cut into tiles row by
+row and, when there are several, followed by a thumbnail (the whole image resized to one tile). Each tile
+is cut into patch x patch squares, and the pixel shuffle merges every (1 / downsample_ratio)^2 block of
+patches into one decoder token, row-major, so a token covers a (patch / downsample_ratio)-px square of its
+tile. Video frames are single tiles (no tiling, no thumbnail), each written "FrameN: <img>...</img>".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+    GotOcr2ImageProcessorPil,
+    get_optimal_tiled_canvas,
+)
+
+from corehead.data.sample import VisualUnit
+from corehead.models.base import Assembled, ChatAdapter, VisualTokenMap
+
+__all__ = ["InternVLAdapter", "make_adapter"]
+
+START_IMAGE = "<img>"
+END_IMAGE = "</img>"
+
+
+class InternVLAdapter(ChatAdapter):
+    """Encodes samples for an InternVL model exactly as InternVLProcessor would, and knows each token's pixels."""
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
+        super().__init__(model, tokenizer, name)
+        self.image_processor = image_processor
+        config = model.config
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in (START_IMAGE, END_IMAGE) if t not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer of {name} lacks InternVL's image tokens {missing}")
+        self.image_token = int(config.image_token_id)
+        self.start_token = int(vocab[START_IMAGE])
+        self.close_token = int(vocab[END_IMAGE])
+        merge = round(1 / config.downsample_ratio)
+        patch_h, patch_w = (int(v) for v in config.vision_config.patch_size)
+        size = image_processor.size
+        self.tile = int(size.height)
+        self.cell = patch_h * merge  # tile pixels per token side
+        # get_image_features folds each tile's features into a square grid, so tiles and patches are square
+        if size.width != size.height or patch_w != patch_h or self.tile % self.cell:
+            raise ValueError(
+                f"InternVL needs square tiles made of whole tokens; got tiles {size.width}x{size.height} px, "
+                f"patches {patch_w}x{patch_h} px, downsample ratio {config.downsample_ratio}"
+            )
+        self.side = self.tile // self.cell  # tokens per tile side
+
+    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
+        """Each image as tiles (+ thumbnail); each run of consecutive frames as a video, numbered Frame1, ...."""
+        positions, owners, cells = [], [], []
+        frame = 0
+        for index, unit in enumerate(units):
+            frame = frame + 1 if unit.kind == "frame" else 0
+            if frame:
+                self.add_text(out, "vision", f"Frame{frame}: ")
+            pixels, unit_cells = self._frame(unit) if frame else self._image(unit)
+            self.add_tokens(out, self.start_token, 1, 0)
+            positions.append(self.add_tokens(out, self.image_token, len(unit_cells), 2 if frame else 1))
+            self.add_tokens(out, self.close_token, 1, 0)
+            self.add_text(out, "vision", "\n")
+            out.add_pixels("pixel_values", pixels)
+            owners.append(np.full(len(unit_cells), index))
+            cells.append(unit_cells)
+        n = sum(len(c) for c in cells)
+        return VisualTokenMap(
+            np.concatenate(positions), np.concatenate(owners), np.ones(n, dtype=np.int64), np.concatenate(cells)
+        )
+
+    def _image(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
+        """Tiles (+ thumbnail) of one image and the cell of each of their tokens, in tile order."""
+        image = _load(unit)
+        width, height = image.size
+        low, high = int(self.image_processor.min_patches), int(self.image_processor.max_patches)
+        cols, rows = (1, 1)
+        if high > 1:  # the processor tiles only when more than one tile is allowed
+            cols, rows = get_optimal_tiled_canvas((height, width), (self.tile, self.tile), low, high)
+        pixels = self.image_processor(images=[image], crop_to_patches=True, return_tensors="pt")["pixel_values"]
+        sx, sy = width / (cols * self.tile), height / (rows * self.tile)
+        cells = [self._tile_cells(col, row, sx, sy) for row in range(rows) for col in range(cols)]
+        if len(cells) > 1:
+            cells.append(self._tile_cells(0, 0, width / self.tile, height / self.tile))
+        if len(pixels) != len(cells):
+            raise ValueError(f"the image processor cut {unit.source!r} into {len(pixels)} tiles, expected {len(cells)}")
+        return pixels, np.concatenate(cells)
+
+    def _frame(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
+        """One video frame, resized to a single tile as InternVL's video processor does."""
+        image = _load(unit)
+        pixels = self.image_processor(images=[image], crop_to_patches=False, return_tensors="pt")["pixel_values"]
+        width, height = image.size
+        return pixels, self._tile_cells(0, 0, width / self.tile, height / self.tile)
+
+    def _tile_cells(self, col: int, row: int, sx: float, sy: float) -> np.ndarray:
+        """Cells of the tokens of the tile at (col, row) of the resized canvas, scaled by (sx, sy) to the unit."""
+        r, c = np.divmod(np.arange(self.side * self.side), self.side)
+        x = col * self.tile + c * self.cell
+        y = row * self.tile + r * self.cell
+        return np.stack([x * sx, y * sy, (x + self.cell) * sx, (y + self.cell) * sy], axis=1)
+
+
+def _load(unit: VisualUnit) -> Image.Image:
+    """The unit's pixels, checked against its declared size (the map is in the declared coordinates)."""
+    image = unit.load()
+    if min(image.size) < 1:
+        raise ValueError(f"image {unit.source!r} is empty ({image.width}x{image.height} px)")
+    if image.size != (unit.width, unit.height):
+        raise ValueError(
+            f"image {unit.source!r} is {image.width}x{image.height} px but its unit says {unit.width}x{unit.height}"
+        )
+    return image
+
+
+def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> InternVLAdapter:
+    """The adapter for a loaded InternVL checkpoint; its tiling settings (size, min/max_patches) come from `path`."""
+    return InternVLAdapter(model, tokenizer, GotOcr2ImageProcessorPil.from_pretrained(path), name)
