@@ -16,7 +16,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
 from corehead.models.qwen_vl import QwenVLAdapter
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads cost more than they give
 
 
 @pytest.fixture(scope="session")

@@ -59,11 +59,19 @@ class VisualUnit:
     image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> Image.Image:
-        """The unit's pixels as an RGB image."""
+        """The unit's pixels as an RGB image, checked against the declared size (boxes are in those pixels)."""
         if self.image is not None:
-            return self.image.convert("RGB")
-        with Image.open(self.source) as img:
-            return img.convert("RGB")
+            image = self.image.convert("RGB")
+        else:
+            with Image.open(self.source) as img:
+                image = img.convert("RGB")
+        if min(image.size) < 1:
+            raise ValueError(f"image {self.source!r} is empty ({image.width}x{image.height} px)")
+        if image.size != (self.width, self.height):
+            raise ValueError(
+                f"image {self.source!r} is {image.width}x{image.height} px but its unit says {self.width}x{self.height}"
+            )
+        return image
 
 
 @dataclass

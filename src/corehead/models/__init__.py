@@ -22,6 +22,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "qwen3_vl": ("Qwen3-VL", "corehead.models.qwen_vl"),
     "qwen2_5_vl": ("Qwen2.5-VL", "corehead.models.qwen_vl"),
     "qwen2_vl": ("Qwen2-VL", "corehead.models.qwen_vl"),
+    "internvl": ("InternVL (InternVL3 / InternVL3.5 -hf)", "corehead.models.internvl"),
 }
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     GotOcr2ImageProcessorPil,
     get_optimal_tiled_canvas,
@@ -80,7 +79,7 @@ class InternVLAdapter(ChatAdapter):
 
     def _image(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
         """Tiles (+ thumbnail) of one image and the cell of each of their tokens, in tile order."""
-        image = _load(unit)
+        image = unit.load()
         width, height = image.size
         low, high = int(self.image_processor.min_patches), int(self.image_processor.max_patches)
         cols, rows = (1, 1)
@@ -97,7 +96,7 @@ class InternVLAdapter(ChatAdapter):
 
     def _frame(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
         """One video frame, resized to a single tile as InternVL's video processor does."""
-        image = _load(unit)
+        image = unit.load()
         pixels = self.image_processor(images=[image], crop_to_patches=False, return_tensors="pt")["pixel_values"]
         width, height = image.size
         return pixels, self._tile_cells(0, 0, width / self.tile, height / self.tile)
@@ -108,18 +107,6 @@ class InternVLAdapter(ChatAdapter):
         x = col * self.tile + c * self.cell
         y = row * self.tile + r * self.cell
         return np.stack([x * sx, y * sy, (x + self.cell) * sx, (y + self.cell) * sy], axis=1)
-
-
-def _load(unit: VisualUnit) -> Image.Image:
-    """The unit's pixels, checked against its declared size (the map is in the declared coordinates)."""
-    image = unit.load()
-    if min(image.size) < 1:
-        raise ValueError(f"image {unit.source!r} is empty ({image.width}x{image.height} px)")
-    if image.size != (unit.width, unit.height):
-        raise ValueError(
-            f"image {unit.source!r} is {image.width}x{image.height} px but its unit says {unit.width}x{unit.height}"
-        )
-    return image
 
 
 def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> InternVLAdapter:
