@@ -23,6 +23,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "qwen2_5_vl": ("Qwen2.5-VL", "corehead.models.qwen_vl"),
     "qwen2_vl": ("Qwen2-VL", "corehead.models.qwen_vl"),
     "internvl": ("InternVL (InternVL3 / InternVL3.5 -hf)", "corehead.models.internvl"),
+    "llava_onevision": ("LLaVA-OneVision", "corehead.models.llava"),
+    "llava_next": ("LLaVA-NeXT", "corehead.models.llava"),
+    "llava": ("LLaVA-1.5", "corehead.models.llava"),
 }
 
 

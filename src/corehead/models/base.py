@@ -261,3 +261,14 @@ class ChatAdapter(ABC):
         )
         new = out[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def unit_groups(units: list[VisualUnit]) -> list[list[int]]:
+    """Each image or page alone; each run of consecutive frames as one video."""
+    groups: list[list[int]] = []
+    for i, unit in enumerate(units):
+        if unit.kind == "frame" and groups and units[groups[-1][-1]].kind == "frame":
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

@@ -16,7 +16,7 @@ import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap
+from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap, unit_groups
 
 __all__ = ["ASSISTANT", "END", "USER", "Assembled", "Piece", "QwenVLAdapter", "make_adapter"]
 
@@ -46,7 +46,7 @@ class QwenVLAdapter(ChatAdapter):
 
     def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
         maps = []
-        for group in _unit_groups(units):
+        for group in unit_groups(units):
             if units[group[0]].kind == "frame":
                 maps.append(self._add_video(out, units, group))
             else:
@@ -120,17 +120,6 @@ class QwenVLAdapter(ChatAdapter):
             np.concatenate(spans),
             np.tile(cells, (t, 1)),
         )
-
-
-def _unit_groups(units: list[VisualUnit]) -> list[list[int]]:
-    """Each image or page alone; each run of consecutive frames as one video."""
-    groups: list[list[int]] = []
-    for i, unit in enumerate(units):
-        if unit.kind == "frame" and groups and units[groups[-1][-1]].kind == "frame":
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 def _fps(units: list[VisualUnit], group: list[int]) -> float:

@@ -52,7 +52,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_n: int = 50  # held-out samples per domain at each evaluation
     target: float = 0.97  # stop once every domain reaches this at an evaluation
-    checkpoint_every: int = 250
+    checkpoint_every: int = 100
     seed: int = 0
     small: bool = False
     threads: int = 2
@@ -170,9 +170,10 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     start = 0
     if (ckpt / "state.json").exists():
         state = json.loads((ckpt / "state.json").read_text())
-        # resume with the stored options; only the step budget may be raised to train longer
+        # resume with the stored options; the step budget may be raised; threads and checkpointing are this run's
         stored = {**state["config"], "curriculum_steps": tuple(state["config"]["curriculum_steps"])}
-        cfg = TrainConfig(**{**stored, "steps": max(cfg.steps, stored["steps"])})
+        run = {"threads": cfg.threads, "checkpoint_every": cfg.checkpoint_every}
+        cfg = TrainConfig(**{**stored, **run, "steps": max(cfg.steps, stored["steps"])})
         load_model(model, ckpt / "model.safetensors")
         load_model(aux, ckpt / "aux.safetensors")
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
