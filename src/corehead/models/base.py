@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from corehead.data.sample import Region, Sample, SampleError, VisualUnit
+from corehead.data.sample import Box, Region, Sample, SampleError, VisualUnit
 
 
 @dataclass
@@ -246,6 +246,16 @@ class ChatAdapter(ABC):
     def concat(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
         """Join one input across samples; families whose pixel tensors differ in shape override this."""
         return torch.cat(values)
+
+    def seen_size(self, unit: VisualUnit) -> tuple[int, int] | None:
+        """(width, height) of `unit` as the model sees it after resizing, where the family's boxes need it."""
+        return None
+
+    def parse_boxes(self, text: str, unit: VisualUnit) -> list[Box]:
+        """Boxes written in a generated answer, mapped from the family's convention to `unit`'s pixels."""
+        from corehead.models.grounding import parse_boxes
+
+        return parse_boxes(text, self.family, unit.width, unit.height, self.seen_size(unit))
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int = 16) -> list[str]:

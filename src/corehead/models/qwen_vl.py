@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 from corehead.data.sample import VisualUnit
 from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap, unit_groups
@@ -43,6 +43,12 @@ class QwenVLAdapter(ChatAdapter):
         self.video_token = tok("<|video_pad|>")
         self.vision_start = tok("<|vision_start|>")
         self.vision_end = tok("<|vision_end|>")
+
+    def seen_size(self, unit: VisualUnit) -> tuple[int, int]:
+        size = self.image_processor.size
+        factor = self.patch * self.merge
+        height, width = smart_resize(unit.height, unit.width, factor, size["shortest_edge"], size["longest_edge"])
+        return width, height
 
     def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
         maps = []
