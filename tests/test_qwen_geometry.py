@@ -217,3 +217,52 @@ def test_small_and_missing_regions(tiny_builtin: QwenVLAdapter) -> None:
         token_map,
     )
     assert counted.fallbacks == 1 and len(counted.indices) == 4
+
+
+def test_frame_cap_keeps_evenly_spaced_frames(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.data.sample import SampleError
+    from corehead.data.synthetic import make_sample
+    from corehead.models.base import sample_region_tokens
+
+    sample = make_sample("clips", 0, 2)  # 8 frames
+    tiny_builtin.max_frames = 4
+    try:
+        enc = tiny_builtin.encode(sample)
+        token_map = enc.token_map
+        assert int(enc.inputs["video_grid_thw"][0][0]) == 2  # 4 kept frames -> 2 temporal patches
+        assert sorted(set(token_map.units.tolist())) == [0, 5]  # kept frames 0, 2, 5, 7; pairs start at 0 and 5
+        assert sorted(set(token_map.spans.tolist())) == [3]  # (0, 2) and (5, 7) each span three frames
+        assert token_map.covers_unit(1).any() and not token_map.covers_unit(3).any()
+        capped = Sample(sample.id, sample.units, sample.question, sample.answer, [Region(3, (0, 0, 10, 10))])
+        with pytest.raises(SampleError, match=r"clips-s0-00002.*capped away"):
+            sample_region_tokens(capped, token_map)
+    finally:
+        tiny_builtin.max_frames = None
+
+
+def test_pixel_cap_shrinks_images_and_keeps_geometry(qwen_family: QwenVLAdapter) -> None:
+    size = dict(qwen_family.image_processor.size)
+    qwen_family.cap_pixels(128 * 128)
+    try:
+        unit = VisualUnit("image", "big", 640, 480, image=Image.new("RGB", (640, 480)))
+        enc = qwen_family.encode(_sample([unit]))
+        rows, cols = (int(v) for v in enc.inputs["image_grid_thw"][0][1:])
+        assert rows * cols * qwen_family.patch**2 <= 128 * 128
+        cells = enc.token_map.cells
+        assert cells[:, 2].max() == pytest.approx(640) and cells[:, 3].max() == pytest.approx(480)
+    finally:
+        for key, value in size.items():
+            qwen_family.image_processor.size[key] = value
+
+
+def test_bad_inputs_name_the_sample(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.data.sample import SampleError
+
+    thin = VisualUnit("image", "thin", 400, 1, image=Image.new("RGB", (400, 1)))  # aspect ratio 400 > 200
+    with pytest.raises(SampleError, match=r"'thin-one'.*aspect ratio"):
+        tiny_builtin.encode(Sample("thin-one", [thin], "q?", "a", [Region(0, None)]))
+    with pytest.raises(SampleError, match=r"'no-units'.*at least one visual unit"):
+        tiny_builtin.encode(Sample("no-units", [], "q?", "a", [Region(0, None)]))
+    liar = VisualUnit("image", "liar", 50, 50, image=Image.new("RGB", (60, 50)))
+    with pytest.raises(SampleError, match=r"'liar-one'.*60x50 px but its unit says 50x50"):
+        tiny_builtin.encode(Sample("liar-one", [liar], "q?", "a", [Region(0, None)]))

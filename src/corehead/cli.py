@@ -44,6 +44,8 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of synthetic data (di
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed samples (counted) instead of failing.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run.")]
+MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", help="Cap the pixels fed per image or page.")]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Keep at most this many frames per video.")]
 
 
 @app.callback()
@@ -99,11 +101,13 @@ def _load_samples(spec: str, n: int | None, seed: int, skip_invalid: bool) -> li
     return samples
 
 
-def _load_model(name: str, trust_remote_code: bool = False) -> Any:
+def _load_model(
+    name: str, trust_remote_code: bool = False, max_pixels: int | None = None, max_frames: int | None = None
+) -> Any:
     from corehead.models import load_model
 
     log(f"loading model {name} ...")
-    return load_model(name, trust_remote_code=trust_remote_code)
+    return load_model(name, trust_remote_code=trust_remote_code, max_pixels=max_pixels, max_frames=max_frames)
 
 
 def _accuracy_table(title: str, by_domain: dict[str, dict[str, float]], total: dict[str, float]) -> Table:
@@ -138,10 +142,12 @@ def eval_cmd(
     as_json: JsonOpt = False,
     skip_invalid: SkipOpt = False,
     trust_remote_code: TrustOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    max_frames: MaxFramesOpt = None,
 ) -> None:
     """Task accuracy (exact match of the generated answer) of a model on a dataset."""
     samples = _load_samples(data, n, seed, skip_invalid)
-    adapter = _load_model(model, trust_remote_code)
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
     result = _run_eval(adapter, samples, out_file, batch_size)
     summary = {
         "model": model,

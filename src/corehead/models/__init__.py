@@ -47,8 +47,14 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device_map: str | dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
 ) -> ChatAdapter:
-    """Load a vision-language model (safetensors weights) and wrap it in the adapter for its architecture."""
+    """Load a vision-language model (safetensors weights) and wrap it in the adapter for its architecture.
+
+    `max_pixels` caps the pixels fed per image and `max_frames` the frames kept per video (uniformly
+    spaced), for long documents and videos.
+    """
     path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     family = config.model_type
@@ -63,4 +69,7 @@ def load_model(
     name = "builtin" if name_or_path == "builtin" else str(Path(name_or_path).name or name_or_path)
     module = importlib.import_module(FAMILIES[family][1])
     adapter: ChatAdapter = module.make_adapter(model, tokenizer, path, name)
+    if max_pixels is not None:
+        adapter.cap_pixels(max_pixels)
+    adapter.max_frames = max_frames
     return adapter

@@ -179,6 +179,8 @@ class ChatAdapter(ABC):
     end_of_turn: str = "<|im_end|>"
     with_mm_types: bool = False  # whether the model takes mm_token_type_ids
 
+    max_frames: int | None = None  # frames kept per video (uniformly spaced); None keeps all
+
     def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -215,7 +217,14 @@ class ChatAdapter(ABC):
             raise ValueError("a sample needs at least one visual unit")
         out = Assembled()
         self.add_text(out, "prompt", prefix)
-        out.token_map = self.add_units(out, units)
+        kept = kept_units(units, self.max_frames)
+        token_map = self.add_units(out, [units[i] for i in kept])
+        index = np.asarray(kept)
+        last = index[np.minimum(token_map.units + token_map.spans - 1, len(index) - 1)]
+        # back to the sample's unit indices; a token spans every original frame between its first and last
+        out.token_map = VisualTokenMap(
+            token_map.positions, index[token_map.units], last - index[token_map.units] + 1, token_map.cells
+        )
         for tag, text in pieces:
             self.add_text(out, tag, text)
         return out
@@ -246,6 +255,10 @@ class ChatAdapter(ABC):
     def concat(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
         """Join one input across samples; families whose pixel tensors differ in shape override this."""
         return torch.cat(values)
+
+    def cap_pixels(self, max_pixels: int) -> None:
+        """Limit the pixels fed per image, as users of the family do for long inputs."""
+        raise ValueError(f"{self.family} has a fixed input resolution; --max-pixels does not apply")
 
     def seen_size(self, unit: VisualUnit) -> tuple[int, int] | None:
         """(width, height) of `unit` as the model sees it after resizing, where the family's boxes need it."""
@@ -282,3 +295,17 @@ def unit_groups(units: list[VisualUnit]) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+def kept_units(units: list[VisualUnit], max_frames: int | None) -> list[int]:
+    """Indices of the units fed to the model: all images and pages, at most `max_frames` per video."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    kept: list[int] = []
+    for group in unit_groups(units):
+        if max_frames is None or units[group[0]].kind != "frame" or len(group) <= max_frames:
+            kept += group
+        else:
+            picks = np.linspace(0, len(group) - 1, max_frames).round().astype(int)
+            kept += [group[int(i)] for i in picks]
+    return kept

@@ -56,6 +56,11 @@ class InternVLAdapter(ChatAdapter):
             )
         self.side = self.tile // self.cell  # tokens per tile side
 
+    def cap_pixels(self, max_pixels: int) -> None:
+        """At most as many tiles as fit in `max_pixels` (at least one)."""
+        self.image_processor.max_patches = max(1, max_pixels // (self.tile * self.tile))
+        self.image_processor.min_patches = min(int(self.image_processor.min_patches), self.image_processor.max_patches)
+
     def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
         """Each image as tiles (+ thumbnail); each run of consecutive frames as a video, numbered Frame1, ...."""
         positions, owners, cells = [], [], []

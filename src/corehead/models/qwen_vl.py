@@ -44,6 +44,10 @@ class QwenVLAdapter(ChatAdapter):
         self.vision_start = tok("<|vision_start|>")
         self.vision_end = tok("<|vision_end|>")
 
+    def cap_pixels(self, max_pixels: int) -> None:
+        self.image_processor.size["longest_edge"] = max_pixels
+        self.image_processor.size["shortest_edge"] = min(self.image_processor.size["shortest_edge"], max_pixels)
+
     def seen_size(self, unit: VisualUnit) -> tuple[int, int]:
         size = self.image_processor.size
         factor = self.patch * self.merge
