@@ -44,7 +44,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 200
-    aux_weight: float = 0.5
+    aux_weight: float = 1.0
     max_turns: int = 6
     compact_start: float = 0.8  # share of one-hop sequences early in training
     compact_end: float = 0.25
@@ -94,12 +94,22 @@ def _pieces(scene: Scene, rng: np.random.Generator, compact: bool, max_turns: in
 
 
 def _cell_labels(scene: Scene, token_map: VisualTokenMap) -> np.ndarray:
-    """Per visual token: (shape id, value id) of the object centred in its cell (0 = nothing)."""
+    """Per visual token: (shape id, value id) of the object drawn in its cell (0 = nothing).
+
+    A cell is labelled when it holds the object's centre or a fifth of its area is inside the object's
+    box, so every token that sees a good part of an object learns to say what it is.
+    """
     labels = np.zeros((len(token_map), 2), dtype=np.int64)
+    c = token_map.cells
+    area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
     for thing in scene.things:
-        cx, cy = (thing.box[0] + thing.box[2]) / 2, (thing.box[1] + thing.box[3]) / 2
-        c = token_map.cells
-        hit = (token_map.units == thing.unit) & (c[:, 0] <= cx) & (cx < c[:, 2]) & (c[:, 1] <= cy) & (cy < c[:, 3])
+        x0, y0, x1, y1 = thing.box
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        inter = np.clip(np.minimum(c[:, 2], x1) - np.maximum(c[:, 0], x0), 0, None) * np.clip(
+            np.minimum(c[:, 3], y1) - np.maximum(c[:, 1], y0), 0, None
+        )
+        centre = (c[:, 0] <= cx) & (cx < c[:, 2]) & (c[:, 1] <= cy) & (cy < c[:, 3])
+        hit = (token_map.units == thing.unit) & (centre | (inter >= 0.2 * area))
         labels[hit] = (SHAPES.index(thing.shape) + 1, VALUES.index(thing.value) + 1)
     return labels
 
