@@ -1,0 +1,240 @@
+"""The one attention function corehead registers with transformers, and the RAM recorder that plugs into it.
+
+`corehead` (registered in `AttentionInterface`, with a matching `AttentionMaskInterface` entry) computes
+the ordinary SDPA result for the decoder. While a `record(...)` context is active it also computes, for the
+selected query rows only, the post-softmax attention of every query head (GQA: head h reads KV head
+h // groups) and reduces it at once to per-head statistics over the visual tokens. The mask entry returns
+a `CompactMask` (the 2D padding mask and offsets), never a [L, L] tensor: memory grows linearly with the
+sequence length. The vision tower keeps its own attention implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
+
+from corehead.metrics.ram import head_stats
+
+NAME = "corehead"
+CHUNK_ELEMENTS = 1 << 22  # mask entries per SDPA call when padding forces an explicit mask
+
+
+@dataclass(frozen=True)
+class CompactMask:
+    """The causal + padding mask in linear size: key j is visible to query row i (absolute positions
+    q_offset + i and kv_offset + j) iff kv_offset + j <= q_offset + i and keep[b, j]."""
+
+    keep: torch.Tensor | None  # [B, Lk] bool, False at padding; None when nothing is padded
+    q_offset: int
+    kv_offset: int
+
+    def rows(self, rows: torch.Tensor, kv_length: int) -> torch.Tensor:
+        """[B, 1, R, Lk] bool visibility for query rows `rows` ([B, R] indices into the query block)."""
+        keys = torch.arange(kv_length, device=rows.device) + self.kv_offset
+        visible = keys[None, None, :] <= (rows[..., None] + self.q_offset)
+        if self.keep is not None:
+            visible = visible & self.keep[:, None, :]
+        return visible[:, None]
+
+
+def compact_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = causal_mask_function,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> CompactMask:
+    """AttentionMaskInterface entry: the padding mask and offsets instead of a [B, 1, Lq, Lk] tensor."""
+    if mask_function is not causal_mask_function:
+        raise ValueError(
+            "corehead's attention supports causal decoders with padding masks only (no sliding windows, "
+            "bidirectional image blocks or packed sequences)"
+        )
+    keep = None
+    if attention_mask is not None:
+        keep = attention_mask[:, -kv_length:].bool()
+        if bool(keep.all()):
+            keep = None
+    return CompactMask(keep, int(q_offset), int(kv_offset))
+
+
+@dataclass
+class RowPlan:
+    """What to record for one batch: query rows, their groups, and the visual token slots to reduce over.
+
+    rows [B, R] positions in the sequence (-1 = unused slot); row_groups [B, R, G] float weights that
+    average rows into G groups (each column sums to 1 over a sample's rows, or is all 0 when the sample has
+    no row in that group); visual [B, N] positions of visual tokens (-1 = unused); valid, region,
+    distractors [B, N] bool; n_distractors [B].
+    """
+
+    rows: torch.Tensor
+    row_groups: torch.Tensor
+    visual: torch.Tensor
+    valid: torch.Tensor
+    region: torch.Tensor
+    distractors: torch.Tensor
+    n_distractors: torch.Tensor
+    stats: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, len(STATS)]
+
+
+_PLAN: ContextVar[RowPlan | None] = ContextVar("corehead_plan", default=None)
+
+
+def corehead_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA output [B, Lq, H, D]; records the planned rows of decoder layers when a plan is active."""
+    if not isinstance(attention_mask, CompactMask | None):
+        raise TypeError(f"corehead attention needs its own mask entry, got {type(attention_mask).__name__}")
+    mask = attention_mask or CompactMask(None, key.shape[2] - query.shape[2], 0)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    plan = _PLAN.get()
+    layer = getattr(module, "layer_idx", None)
+    if plan is not None and layer is not None and query.shape[2] > 1:
+        plan.stats[int(layer)] = _record(plan, query, key, mask, scale)
+    return _sdpa(query, key, value, mask, scale, dropout if module.training else 0.0), None
+
+
+def _sdpa(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: CompactMask, scale: float, dropout: float
+) -> torch.Tensor:
+    """Exact causal SDPA with padding, in query chunks so no mask block exceeds CHUNK_ELEMENTS entries."""
+    gqa = query.shape[1] != key.shape[1]
+    lq, lk = query.shape[2], key.shape[2]
+    if mask.keep is None and (lq == 1 or (lq == lk and mask.q_offset == mask.kv_offset)):
+        # nothing padded: a decode step sees every key, a prefill is plainly causal
+        out = F.scaled_dot_product_attention(
+            query, key, value, is_causal=lq > 1, dropout_p=dropout, scale=scale, enable_gqa=gqa
+        )
+        return out.transpose(1, 2).contiguous()
+    chunk = max(1, CHUNK_ELEMENTS // max(1, lk * query.shape[0]))
+    outs = []
+    for start in range(0, lq, chunk):
+        rows = torch.arange(start, min(lq, start + chunk), device=query.device).expand(query.shape[0], -1)
+        visible = mask.rows(rows, lk)
+        visible = visible | ~visible.any(-1, keepdim=True)  # fully padded rows: any finite output will do
+        outs.append(
+            F.scaled_dot_product_attention(
+                query[:, :, start : start + chunk],
+                key,
+                value,
+                attn_mask=visible,
+                dropout_p=dropout,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+        )
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+
+
+def _record(plan: RowPlan, query: torch.Tensor, key: torch.Tensor, mask: CompactMask, scale: float) -> torch.Tensor:
+    """Post-softmax attention of the planned rows, reduced to per-head statistics ([B, H, G, S])."""
+    rows = plan.rows.clamp_min(0)
+    q = query.gather(2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B, H, R, Lk]
+    scores = scores.masked_fill(~mask.rows(rows, key.shape[2]), float("-inf"))
+    probs = scores.softmax(-1).nan_to_num(0.0)  # unused row slots may see no key at all
+    visual = probs.gather(-1, plan.visual.clamp_min(0)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
+    maps = torch.einsum("bhrn,brg->bhgn", visual, plan.row_groups.to(visual.dtype))
+    return head_stats(maps, plan.valid, plan.region, plan.distractors, plan.n_distractors)
+
+
+def register() -> None:
+    """Make 'corehead' an attention implementation transformers can dispatch to (idempotent)."""
+    AttentionInterface.register(NAME, corehead_attention)
+    AttentionMaskInterface.register(NAME, compact_mask)
+
+
+@contextmanager
+def decoder_attention(model: Any) -> Iterator[None]:
+    """Route the language decoder (only) through corehead's attention; restore the previous setting on exit."""
+    register()
+    config = model.config
+    text = config.get_text_config()
+    before = text._attn_implementation
+    model.set_attn_implementation({"text_config": NAME})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"text_config": before})
+
+
+@contextmanager
+def record(plan: RowPlan) -> Iterator[RowPlan]:
+    """Collect per-layer statistics into `plan.stats` for forwards run inside (within decoder_attention)."""
+    token = _PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _PLAN.reset(token)
+
+
+ROW_GROUPS: tuple[str, ...] = ("all", "question", "prompt_end", "answer")
+
+
+def plan_rows(
+    encoded: list[Any], width: int, regions: list[Any], distractors: list[Any], n_distractors: list[int]
+) -> RowPlan:
+    """A RowPlan for a left-padded batch of `Encoded` samples of sequence length `width`.
+
+    regions / distractors: per sample, indices into its token map. Rows: 'all' is every token after the
+    visual input, then the question, the last prompt token and the gold answer (when encoded with it).
+    """
+    per_rows, per_groups = [], []
+    for e in encoded:
+        shift = width - e.length
+        after = torch.arange(int(e.token_map.positions.max()) + 1, e.length)
+        named = {"question": e.question, "prompt_end": [e.prompt_end], "answer": e.answer}
+        rows = torch.cat([after, *(torch.as_tensor(v, dtype=torch.long) for v in named.values())])
+        weights = torch.zeros(len(rows), len(ROW_GROUPS))
+        start = 0
+        for g, members in enumerate([after, *named.values()]):
+            count = len(members)
+            if count:
+                weights[start : start + count, g] = 1.0 / count
+            start += count
+        per_rows.append(rows + shift)
+        per_groups.append(weights)
+    n_rows = max(len(r) for r in per_rows)
+    n_vis = max(len(e.token_map) for e in encoded)
+    batch = len(encoded)
+    plan = RowPlan(
+        rows=torch.full((batch, n_rows), -1, dtype=torch.long),
+        row_groups=torch.zeros(batch, n_rows, len(ROW_GROUPS)),
+        visual=torch.full((batch, n_vis), -1, dtype=torch.long),
+        valid=torch.zeros(batch, n_vis, dtype=torch.bool),
+        region=torch.zeros(batch, n_vis, dtype=torch.bool),
+        distractors=torch.zeros(batch, n_vis, dtype=torch.bool),
+        n_distractors=torch.as_tensor(n_distractors, dtype=torch.long),
+    )
+    for b, e in enumerate(encoded):
+        shift = width - e.length
+        plan.rows[b, : len(per_rows[b])] = per_rows[b]
+        plan.row_groups[b, : len(per_rows[b])] = per_groups[b]
+        n = len(e.token_map)
+        plan.visual[b, :n] = torch.as_tensor(e.token_map.positions + shift)
+        plan.valid[b, :n] = True
+        plan.region[b, torch.as_tensor(regions[b], dtype=torch.long)] = True
+        plan.distractors[b, torch.as_tensor(distractors[b], dtype=torch.long)] = True
+    return plan

@@ -1,0 +1,70 @@
+"""RAM recording against an independent computation from eager `output_attentions`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
+from corehead.data.synthetic import DOMAINS, make_sample
+from corehead.metrics.ram import STATS
+from corehead.models.base import sample_region_tokens
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+def _reference(attn: np.ndarray, rows: np.ndarray, vis: np.ndarray, region: set, dist: set, n_dist: int) -> list:
+    """Stats of one head from a full [L, L] eager attention matrix, written out plainly."""
+    amap = attn[rows].mean(axis=0)[vis] if len(rows) else np.zeros(len(vis))
+    ram = sum(amap[i] for i in region)
+    visual = amap.sum()
+    share = ram / max(visual, 1e-12)
+    lift = share / (len(region) / len(vis))
+    p = amap / max(visual, 1e-12)
+    entropy = -sum(x * np.log(x) for x in p if x > 0)
+    top_in = float(int(np.argmax(amap)) in region)
+    d = sum(amap[i] for i in dist) / max(n_dist, 1)
+    return [ram, visual, share, lift, entropy, top_in, d, ram - d]
+
+
+def test_recorded_stats_equal_eager_attention(qwen_family: QwenVLAdapter) -> None:
+    adapter, model = qwen_family, qwen_family.model
+    samples = [make_sample(d, 4, i) for d in DOMAINS for i in range(2)]  # padded batch: lengths differ
+    encoded = [adapter.encode(s, answer=True) for s in samples]
+    batch = adapter.collate(encoded)
+    width = batch["input_ids"].shape[1]
+    regions = [sample_region_tokens(s, e.token_map).indices for s, e in zip(samples, encoded, strict=True)]
+    dists = [sample_region_tokens(s, e.token_map, s.distractors).indices for s, e in zip(samples, encoded, strict=True)]
+    plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with decoder_attention(model), record(plan):
+            recorded = model(**batch).logits
+        model.set_attn_implementation({"text_config": "eager"})
+        try:
+            eager = model(**batch, output_attentions=True)
+        finally:
+            model.set_attn_implementation({"text_config": "sdpa"})
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(recorded[real], plain[real], atol=1e-5)  # recording does not change the output
+    n_layers = model.config.get_text_config().num_hidden_layers
+    assert sorted(plan.stats) == list(range(n_layers))
+    for b, (e, s) in enumerate(zip(encoded, samples, strict=True)):
+        shift = width - e.length
+        after = np.arange(int(e.token_map.positions.max()) + 1, e.length)
+        groups = {"all": after, "question": e.question, "prompt_end": np.array([e.prompt_end]), "answer": e.answer}
+        for layer in range(n_layers):
+            attn = eager.attentions[layer][b].double().numpy()
+            for h in range(attn.shape[0]):
+                for g, name in enumerate(ROW_GROUPS):
+                    want = _reference(
+                        attn[h],
+                        groups[name] + shift,
+                        e.token_map.positions + shift,
+                        set(regions[b].tolist()),
+                        set(dists[b].tolist()),
+                        len(s.distractors),
+                    )
+                    got = plan.stats[layer][b, h, g].double().numpy()
+                    np.testing.assert_allclose(
+                        got, want, rtol=1e-5, atol=1e-5, err_msg=f"{STATS} b{b} l{layer} h{h} {name}"
+                    )
