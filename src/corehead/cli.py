@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect, validate and generate grounded datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+heads_app = typer.Typer(help="Show, compare and export head sets (heads.json).", no_args_is_help=True)
+app.add_typer(heads_app, name="heads")
 
 err = Console(stderr=True)
 out = Console()
@@ -161,6 +163,141 @@ def eval_cmd(
         emit_json(summary)
     else:
         out.print(_accuracy_table(f"{model} on {data}", result.by_domain(), summary))
+
+
+@app.command()
+def score(
+    model: ModelOpt = "builtin",
+    data: DataOpt = "synthetic:all",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (results/, manifest.json, heads.json).")] = Path(
+        "runs/score"
+    ),
+    query: Annotated[
+        str, typer.Option("--query", help="Query rows that rank heads: all, question, prompt-end or answer.")
+    ] = "all",
+    metric: Annotated[str, typer.Option("--metric", help="ram or ram_minus_distractor.")] = "ram",
+    limit: Annotated[int | None, typer.Option("--limit", help="Score at most this many samples.")] = None,
+    fraction: Annotated[float, typer.Option("--fraction", help="Share of heads selected as CoRe heads.")] = 0.05,
+    count: Annotated[int | None, typer.Option("--count", help="Select this many heads instead.")] = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 4,
+    as_json: JsonOpt = False,
+    skip_invalid: SkipOpt = False,
+    trust_remote_code: TrustOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    max_frames: MaxFramesOpt = None,
+) -> None:
+    """Score every decoder head by Retrieval Attention Mass; write RUN/results and RUN/heads.json."""
+    from corehead.attention.recorder import ROW_GROUPS
+    from corehead.experiments.score import ScoreOptions
+    from corehead.experiments.score import score as run_score
+    from corehead.heads import HeadScores, make_headset, select_heads
+
+    group = query.replace("-", "_")
+    if group not in ROW_GROUPS:
+        raise ValueError(f"--query must be one of {', '.join(g.replace('_', '-') for g in ROW_GROUPS)}; got {query!r}")
+    samples = _load_samples(
+        data, limit if limit is not None else (100 if data.startswith("synthetic:") else None), seed, skip_invalid
+    )
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
+    options = ScoreOptions(batch_size=batch_size)
+    with progress("scoring", len(samples)) as advance:
+        run = run_score(adapter, samples, out_dir, dataset=data, options=options, on_progress=advance)
+    if run.fallbacks:
+        log(f"{run.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")
+    scores = HeadScores.from_table(run.table, metric=metric, query=group)
+    selected, selection = select_heads(scores, fraction=fraction, count=count)
+    text = adapter.model.config.get_text_config()
+    headset = make_headset(
+        scores,
+        selected,
+        selection,
+        model=model,
+        dataset=data,
+        n_kv_heads=int(text.num_key_value_heads),
+        options={"query": group, "metric": metric, "seed": seed, **vars(options)},
+    )
+    path = headset.save(out_dir / "heads.json")
+    if as_json:
+        emit_json(
+            {
+                "heads": str(path),
+                "n": scores.n_samples,
+                "selected": headset.selected,
+                "layer_profile": headset.layer_profile().tolist(),
+            }
+        )
+        return
+    _print_headset(headset)
+    log(f"results: {out_dir}/ (results/*.parquet, manifest.json, heads.json)")
+
+
+def _print_headset(headset: Any, top: int = 10) -> None:
+    table = Table(title=f"top heads by {headset.metric} ({headset.query} rows; {headset.n_samples} samples)")
+    for col in ("rank", "layer", "head", "kv head", "mean", "95% CI", "selected"):
+        table.add_column(col, justify="right")
+    mean, low, high = (headset.scores[k] for k in ("mean", "low", "high"))
+    chosen = set(headset.selected)
+    for rank, (layer, head) in enumerate(headset.ranking[:top], start=1):
+        table.add_row(
+            str(rank),
+            str(layer),
+            str(head),
+            str(head // headset.groups),
+            f"{mean[layer][head]:.3f}",
+            f"{low[layer][head]:.3f}-{high[layer][head]:.3f}",
+            "yes" if (layer, head) in chosen else "",
+        )
+    out.print(table)
+    profile = Table(title="layer profile (mean score over heads)")
+    profile.add_column("layer", justify="right")
+    profile.add_column("mean", justify="right")
+    profile.add_column("selected heads", justify="right")
+    for layer, value in enumerate(headset.layer_profile()):
+        profile.add_row(str(layer), f"{value:.4f}", str(sum(1 for l_, _ in headset.selected if l_ == layer)))
+    out.print(profile)
+
+
+@heads_app.command("show")
+def heads_show(
+    path: Annotated[Path, typer.Argument(help="A heads.json (or the run folder holding it).")],
+    top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 10,
+) -> None:
+    """Print a head set's top heads and layer profile."""
+    from corehead.heads import HeadSet
+
+    _print_headset(HeadSet.load(path / "heads.json" if path.is_dir() else path), top)
+
+
+@heads_app.command("compare")
+def heads_compare(
+    first: Annotated[Path, typer.Argument(help="heads.json of one run.")],
+    second: Annotated[Path, typer.Argument(help="heads.json of another run.")],
+) -> None:
+    """Overlap of two head sets: Jaccard of the selections, Spearman correlation of the rankings."""
+    from corehead.heads import HeadSet, overlap
+
+    a, b = (HeadSet.load(p / "heads.json" if p.is_dir() else p) for p in (first, second))
+    emit_json(overlap(a, b))
+
+
+@heads_app.command("export")
+def heads_export(
+    path: Annotated[Path, typer.Argument(help="heads.json to export.")],
+    to: Annotated[str, typer.Option("--to", help="retrieval-head (JSON) or duo (full_attention_heads.tsv).")],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write.")],
+) -> None:
+    """Write a head set in a peer's format."""
+    from corehead.heads import HeadSet, to_duo_tsv, to_retrieval_head
+
+    headset = HeadSet.load(path / "heads.json" if path.is_dir() else path)
+    if to == "retrieval-head":
+        out_file.write_text(json.dumps(to_retrieval_head(headset)))
+    elif to == "duo":
+        out_file.write_text(to_duo_tsv(headset))
+    else:
+        raise ValueError(f"--to must be retrieval-head or duo, got {to!r}")
+    log(f"wrote {out_file}")
 
 
 @app.command()

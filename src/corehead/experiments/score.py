@@ -1,0 +1,136 @@
+"""Score every decoder head by RAM over a dataset; results are written as they are produced, and resumable.
+
+RUN/results/part-*.parquet holds one row per (sample, layer, head, query group) with every statistic of
+metrics/ram.py; each part is written whole (temp file + rename), so an interrupted run loses at most the
+batch in flight, and a rerun skips the samples already there. RUN/manifest.json says what was run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
+from corehead.data.sample import Sample
+from corehead.metrics.ram import STATS
+from corehead.models.base import ChatAdapter, sample_region_tokens
+
+
+@dataclass
+class ScoreOptions:
+    """How samples are scored; saved in the manifest, and a rerun into the same folder must match."""
+
+    min_overlap: float = 0.5  # share of a cell inside the region for its token to count
+    batch_size: int = 4
+    answer: bool = True  # teacher-force the gold answer so its rows can be recorded
+
+
+@dataclass
+class ScoreRun:
+    """Rows of a scoring run, as a table, and the fallbacks counted while mapping regions."""
+
+    table: pa.Table
+    fallbacks: int
+
+
+def _manifest(out: Path, adapter: ChatAdapter, dataset: str, options: ScoreOptions) -> None:
+    from corehead import __version__
+
+    config = adapter.model.config
+    manifest = {
+        "model": adapter.name,
+        "family": adapter.family,
+        "revision": getattr(config, "_commit_hash", None),
+        "dataset": dataset,
+        "options": asdict(options),
+        "corehead": __version__,
+        "stats": list(STATS),
+        "query_groups": list(ROW_GROUPS),
+    }
+    path = out / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        keys = ("model", "dataset", "options")
+        if any(old.get(k) != manifest[k] for k in keys):
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(keys)}); use a new --out folder")
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def _done_ids(out: Path) -> set[str]:
+    parts = sorted((out / "results").glob("part-*.parquet"))
+    return {sid for p in parts for sid in pq.read_table(p, columns=["sample_id"]).column(0).unique().to_pylist()}
+
+
+def score(
+    adapter: ChatAdapter,
+    samples: list[Sample],
+    out: Path,
+    dataset: str,
+    options: ScoreOptions | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ScoreRun:
+    """Record RAM statistics for every sample into out/results; returns all rows (old and new)."""
+    options = options or ScoreOptions()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(exist_ok=True)
+    _manifest(out, adapter, dataset, options)
+    done = _done_ids(out)
+    todo = [s for s in samples if s.id not in done]
+    if on_progress is not None and len(todo) < len(samples):
+        on_progress(len(samples) - len(todo))
+    part = len(list((out / "results").glob("part-*.parquet")))
+    fallbacks = 0
+    with decoder_attention(adapter.model):
+        for start in range(0, len(todo), options.batch_size):
+            chunk = todo[start : start + options.batch_size]
+            table, fell_back = _score_batch(adapter, chunk, options)
+            fallbacks += fell_back
+            tmp = out / "results" / f".part-{part:05d}.tmp"
+            pq.write_table(table, tmp)
+            tmp.rename(out / "results" / f"part-{part:05d}.parquet")
+            part += 1
+            if on_progress is not None:
+                on_progress(len(chunk))
+    wanted = {s.id for s in samples}
+    table = pq.read_table(out / "results")
+    mask = pa.compute.is_in(table.column("sample_id"), value_set=pa.array(sorted(wanted)))
+    return ScoreRun(table.filter(mask), fallbacks)
+
+
+def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions) -> tuple[pa.Table, int]:
+    encoded = [adapter.encode(s, answer=options.answer) for s in samples]
+    batch = adapter.collate(encoded)
+    width = int(batch["input_ids"].shape[1])
+    regions, dists, fallbacks = [], [], 0
+    for s, e in zip(samples, encoded, strict=True):
+        r = sample_region_tokens(s, e.token_map, min_overlap=options.min_overlap)
+        regions.append(r.indices)
+        fallbacks += r.fallbacks
+        d = sample_region_tokens(s, e.token_map, s.distractors, options.min_overlap) if s.distractors else None
+        dists.append(d.indices if d is not None else np.zeros(0, dtype=np.int64))
+    plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
+    device = adapter.model.device
+    with torch.no_grad(), record(plan):
+        adapter.model(**{k: v.to(device) for k, v in batch.items()})
+    stats = torch.stack([plan.stats[layer].cpu() for layer in sorted(plan.stats)], dim=1)  # [B, L, H, G, S]
+    b, n_layers, n_heads, n_groups, _ = stats.shape
+    idx = np.indices((b, n_layers, n_heads, n_groups)).reshape(4, -1)
+    columns: dict[str, Any] = {
+        "sample_id": [samples[i].id for i in idx[0]],
+        "domain": [samples[i].domain for i in idx[0]],
+        "layer": idx[1].astype(np.int16),
+        "head": idx[2].astype(np.int16),
+        "query": [ROW_GROUPS[g] for g in idx[3]],
+    }
+    flat = stats.reshape(-1, len(STATS)).numpy()
+    for k, name in enumerate(STATS):
+        columns[name] = flat[:, k].astype(np.float32)
+    return pa.table(columns), fallbacks

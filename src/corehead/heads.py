@@ -1,0 +1,224 @@
+"""Head scores and head sets: ranking, selection, the versioned HeadSet file and peers' formats.
+
+HeadSet JSON (schema in docs/headset.md): what was scored (model, revision, dataset, metric, query group,
+options), per-head statistics with bootstrap CIs, the ranking, the selected CoRe heads, KV-head scores
+(max and sum over each GQA group) and the per-layer profile. Exports: Retrieval-Head `{"l-h": [score]}`
+JSON and DuoAttention `full_attention_heads.tsv` (layers x KV heads, 1 = keep full attention).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from corehead.metrics.stats import bootstrap_mean_ci
+
+FORMAT = "corehead.headset"
+VERSION = 1
+
+
+@dataclass
+class HeadScores:
+    """Per-head dataset means [layers, heads] with 95% bootstrap intervals, for one metric and query group."""
+
+    metric: str
+    query: str
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_samples: int
+
+    @classmethod
+    def from_table(cls, table: pa.Table, metric: str = "ram", query: str = "all", seed: int = 0) -> HeadScores:
+        """Aggregate a scoring run's rows (one per sample, layer, head, query group)."""
+        if metric not in table.column_names:
+            raise ValueError(f"unknown metric {metric!r}; the results hold {', '.join(table.column_names[5:])}")
+        rows = table.filter(pa.compute.equal(table.column("query"), query))
+        if rows.num_rows == 0:
+            raise ValueError(f"no rows for query group {query!r}")
+        ids = rows.column("sample_id").to_numpy(zero_copy_only=False)
+        layers = rows.column("layer").to_numpy().astype(int)
+        heads = rows.column("head").to_numpy().astype(int)
+        values = rows.column(metric).to_numpy()
+        order = {sid: i for i, sid in enumerate(dict.fromkeys(ids))}
+        grid = np.full((len(order), layers.max() + 1, heads.max() + 1), np.nan)
+        grid[[order[s] for s in ids], layers, heads] = values
+        mean, low, high = bootstrap_mean_ci(grid, seed=seed)
+        return cls(metric, query, mean, low, high, len(order))
+
+    def ranking(self) -> list[tuple[int, int]]:
+        """(layer, head) from the highest mean score down."""
+        flat = np.argsort(-self.mean, axis=None, kind="stable")
+        return [(int(i // self.mean.shape[1]), int(i % self.mean.shape[1])) for i in flat]
+
+
+@dataclass
+class HeadSet:
+    """A ranked selection of heads, with what produced it; saved as versioned JSON."""
+
+    model: str
+    dataset: str
+    metric: str
+    query: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ranking: list[tuple[int, int]]
+    scores: dict[str, list[list[float]]]  # mean / low / high, [layers][heads]
+    selected: list[tuple[int, int]]
+    selection: dict[str, Any]
+    revision: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    n_samples: int = 0
+
+    @property
+    def groups(self) -> int:
+        """Query heads per KV head (GQA): query head h reads KV head h // groups."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_scores(self, how: str = "max") -> np.ndarray:
+        """[layers, kv_heads]: the max (or sum) of the query heads' scores in each GQA group."""
+        mean = np.asarray(self.scores["mean"]).reshape(self.n_layers, self.n_kv_heads, self.groups)
+        if how == "max":
+            return mean.max(-1)
+        if how == "sum":
+            return mean.sum(-1)
+        raise ValueError(f"how must be 'max' or 'sum', got {how!r}")
+
+    def layer_profile(self) -> np.ndarray:
+        """Mean score per layer."""
+        return np.asarray(self.scores["mean"]).mean(axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "revision": self.revision,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "query": self.query,
+            "options": self.options,
+            "n_samples": self.n_samples,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "gqa": {"groups": self.groups, "kv_head_of": "query head h reads KV head h // groups"},
+            "scores": self.scores,
+            "ranking": [list(p) for p in self.ranking],
+            "selection": self.selection,
+            "selected": [list(p) for p in self.selected],
+            "kv_scores": {"max": self.kv_scores("max").tolist(), "sum": self.kv_scores("sum").tolist()},
+            "layer_profile": self.layer_profile().tolist(),
+        }
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> HeadSet:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a corehead head set (format {data.get('format')!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"{path} has head-set version {data.get('version')}, this corehead reads {VERSION}")
+        return cls(
+            model=data["model"],
+            dataset=data["dataset"],
+            metric=data["metric"],
+            query=data["query"],
+            n_layers=data["n_layers"],
+            n_heads=data["n_heads"],
+            n_kv_heads=data["n_kv_heads"],
+            ranking=[(int(a), int(b)) for a, b in data["ranking"]],
+            scores=data["scores"],
+            selected=[(int(a), int(b)) for a, b in data["selected"]],
+            selection=data["selection"],
+            revision=data.get("revision"),
+            options=data.get("options", {}),
+            n_samples=data.get("n_samples", 0),
+        )
+
+
+def select_heads(
+    scores: HeadScores,
+    fraction: float | None = 0.05,
+    count: int | None = None,
+    threshold: float | None = None,
+) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """The CoRe heads: the top `count`, else those scoring >= `threshold`, else the top `fraction` (>= 1 head)."""
+    ranking = scores.ranking()
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        return ranking[:count], {"count": count}
+    if threshold is not None:
+        return [p for p in ranking if scores.mean[p] >= threshold], {"threshold": threshold}
+    if fraction is None or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = max(1, round(fraction * len(ranking)))
+    return ranking[:n], {"fraction": fraction}
+
+
+def make_headset(
+    scores: HeadScores,
+    selected: list[tuple[int, int]],
+    selection: dict[str, Any],
+    model: str,
+    dataset: str,
+    n_kv_heads: int,
+    revision: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> HeadSet:
+    n_layers, n_heads = scores.mean.shape
+    return HeadSet(
+        model=model,
+        dataset=dataset,
+        metric=scores.metric,
+        query=scores.query,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        ranking=scores.ranking(),
+        scores={"mean": scores.mean.tolist(), "low": scores.low.tolist(), "high": scores.high.tolist()},
+        selected=selected,
+        selection=selection,
+        revision=revision,
+        options=options or {},
+        n_samples=scores.n_samples,
+    )
+
+
+def to_retrieval_head(headset: HeadSet) -> dict[str, list[float]]:
+    """Retrieval-Head's format: {"layer-head": [score]} for every head."""
+    mean = headset.scores["mean"]
+    return {f"{layer}-{head}": [float(mean[layer][head])] for layer, head in headset.ranking}
+
+
+def to_duo_tsv(headset: HeadSet) -> str:
+    """DuoAttention's full_attention_heads.tsv: one line per layer, one column per KV head, 1 = full."""
+    keep = np.zeros((headset.n_layers, headset.n_kv_heads), dtype=int)
+    for layer, head in headset.selected:
+        keep[layer, head // headset.groups] = 1
+    return "\n".join("\t".join(str(v) for v in row) for row in keep) + "\n"
+
+
+def overlap(a: HeadSet, b: HeadSet) -> dict[str, float]:
+    """How two head sets agree: Jaccard of the selections and Spearman correlation of the full rankings."""
+    if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads):
+        raise ValueError("head sets of different architectures cannot be compared")
+    sa, sb = set(a.selected), set(b.selected)
+    jaccard = len(sa & sb) / max(1, len(sa | sb))
+    rank_a = {p: i for i, p in enumerate(a.ranking)}
+    rank_b = {p: i for i, p in enumerate(b.ranking)}
+    x = np.array([rank_a[p] for p in a.ranking], dtype=float)
+    y = np.array([rank_b[p] for p in a.ranking], dtype=float)
+    spearman = float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 else 1.0
+    return {"jaccard": jaccard, "spearman": spearman, "shared": float(len(sa & sb))}

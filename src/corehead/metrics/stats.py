@@ -1,0 +1,24 @@
+"""Statistics over samples: per-head means with bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over axis 0 and its percentile bootstrap interval, resampling samples (rows) jointly.
+
+    values: [n_samples, ...]; returns (mean, low, high), each of shape values.shape[1:].
+    """
+    if len(values) == 0:
+        raise ValueError("no samples to average")
+    rng = np.random.default_rng(seed)
+    mean = values.mean(axis=0)
+    if len(values) == 1:
+        return mean, mean.copy(), mean.copy()
+    draws = rng.integers(0, len(values), size=(n_boot, len(values)))
+    boots = np.stack([values[d].mean(axis=0) for d in draws])
+    alpha = (1 - level) / 2
+    return mean, np.quantile(boots, alpha, axis=0), np.quantile(boots, 1 - alpha, axis=0)

@@ -1,0 +1,69 @@
+"""Scoring runs (resumable results), head selection and the HeadSet file with its exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from corehead.data.synthetic import generate
+from corehead.experiments.score import ScoreOptions, score
+from corehead.heads import HeadScores, HeadSet, make_headset, overlap, select_heads, to_duo_tsv, to_retrieval_head
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+def _key_rows(table) -> list[tuple]:
+    cols = ["sample_id", "layer", "head", "query", "ram", "visual_mass"]
+    rows = zip(*(table.column(c).to_pylist() for c in cols), strict=True)
+    return sorted((a, b, c, d, round(e, 6), round(f, 6)) for a, b, c, d, e, f in rows)
+
+
+def test_interrupted_run_resumes_to_the_same_rows(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
+    samples = list(generate("all", 6, seed=2))
+    options = ScoreOptions(batch_size=2)
+    whole = score(tiny_builtin, samples, tmp_path / "whole", "synthetic:all", options)
+    # interrupted after two batches: a finished part for the first 4 samples, a torn temp file
+    score(tiny_builtin, samples[:4], tmp_path / "parts", "synthetic:all", options)
+    (tmp_path / "parts" / "results" / ".part-00002.tmp").write_bytes(b"torn")
+    resumed = score(tiny_builtin, samples, tmp_path / "parts", "synthetic:all", options)
+    assert _key_rows(resumed.table) == _key_rows(whole.table)
+    n_layers = tiny_builtin.model.config.get_text_config().num_hidden_layers
+    n_heads = tiny_builtin.model.config.get_text_config().num_attention_heads
+    assert resumed.table.num_rows == 6 * n_layers * n_heads * 4  # samples x layers x heads x query groups
+    on_disk = pq.read_table(tmp_path / "parts" / "results")
+    assert on_disk.num_rows == resumed.table.num_rows  # no duplicated rows
+    with pytest.raises(ValueError, match="other settings"):
+        score(tiny_builtin, samples, tmp_path / "parts", "synthetic:scenes", options)
+
+
+def test_headset_selection_exports_and_overlap(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
+    samples = list(generate("scenes", 4, seed=3))
+    run = score(tiny_builtin, samples, tmp_path / "run", "synthetic:scenes", ScoreOptions(batch_size=4))
+    scores = HeadScores.from_table(run.table, metric="ram", query="question")
+    assert scores.mean.shape == (2, 4) and scores.n_samples == 4
+    assert np.all(scores.low <= scores.mean + 1e-9) and np.all(scores.mean <= scores.high + 1e-9)
+    # the mean is the plain mean over samples of the question-row RAM
+    rows = [r for r in run.table.to_pylist() if r["query"] == "question" and r["layer"] == 1 and r["head"] == 2]
+    assert scores.mean[1, 2] == pytest.approx(np.mean([r["ram"] for r in rows]), rel=1e-5)
+    top, how = select_heads(scores, fraction=0.25)
+    assert len(top) == 2 and how == {"fraction": 0.25} and top == scores.ranking()[:2]
+    assert select_heads(scores, count=3)[0] == scores.ranking()[:3]
+    headset = make_headset(scores, top, how, model="tiny", dataset="synthetic:scenes", n_kv_heads=1)
+    loaded = HeadSet.load(headset.save(tmp_path / "heads.json"))
+    assert loaded.selected == top and loaded.ranking == scores.ranking() and loaded.groups == 4
+    assert np.allclose(loaded.kv_scores("max")[:, 0], scores.mean.max(axis=1))
+    assert np.allclose(loaded.kv_scores("sum")[:, 0], scores.mean.sum(axis=1))
+    exported = to_retrieval_head(loaded)
+    assert set(exported) == {f"{l_}-{h}" for l_ in range(2) for h in range(4)}
+    assert exported["1-2"] == [pytest.approx(scores.mean[1, 2])]
+    tsv = [line.split("\t") for line in to_duo_tsv(loaded).splitlines()]
+    assert len(tsv) == 2 and all(len(row) == 1 for row in tsv)
+    assert [int(row[0]) for row in tsv] == [int(any(l_ == i for l_, _ in top)) for i in range(2)]
+    assert overlap(loaded, loaded)["jaccard"] == 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a corehead head set"):
+        HeadSet.load(bad)
