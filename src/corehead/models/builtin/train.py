@@ -48,7 +48,7 @@ class TrainConfig:
     max_turns: int = 6
     compact_start: float = 0.8  # share of one-hop sequences early in training
     compact_end: float = 0.25
-    curriculum_steps: tuple[int, int] = (600, 2000)
+    curriculum_steps: tuple[int, int] = (2000, 3500)
     eval_every: int = 250
     eval_n: int = 50  # held-out samples per domain at each evaluation
     target: float = 0.97  # stop once every domain reaches this at an evaluation
