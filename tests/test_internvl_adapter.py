@@ -59,6 +59,10 @@ def _processor(max_patches: int = MAX_PATCHES) -> GotOcr2ImageProcessorPil:
 
 @pytest.fixture(scope="module")
 def internvl() -> InternVLAdapter:
+    return tiny_internvl()
+
+
+def tiny_internvl() -> InternVLAdapter:
     """A tiny random InternVL: Qwen2 text (2 layers, 4 heads / 2 KV), InternViT (2 layers, width 32)."""
     tokenizer = _tokenizer(SPECIALS)
 

@@ -120,7 +120,7 @@ def _vision(model_type: str, image_size: int, patch_size: int) -> dict:
 
 
 @cache
-def _adapter(kind: str) -> LlavaAdapter:
+def tiny_llava(kind: str) -> LlavaAdapter:
     """Tiny random models. '-real' variants keep the real checkpoints' geometry (tiles, patches, pinpoints);
     the others use 36 px tiles of 8 px patches (4 patches a side, the last 4 px of each tile unseen);
     'llava-pad' pads each image to a square before resizing (do_pad), 'llava-squash' resizes to the tile."""
@@ -398,13 +398,13 @@ COLOUR_CASES = [(kind, size) for kind in TINY for size in SIZES] + [
 
 @pytest.mark.parametrize(("kind", "size"), COLOUR_CASES, ids=[f"{k}-{w}x{h}" for k, (w, h) in COLOUR_CASES])
 def test_cells_carry_their_colour(kind: str, size: tuple[int, int]) -> None:
-    _check_colours(_adapter(kind), [("image", *size)])
+    _check_colours(tiny_llava(kind), [("image", *size)])
 
 
 @pytest.mark.parametrize("size", [*SIZES, (800, 600), (2300, 1700)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", [*TINY, "llava-real", "next-real", "onevision-real"])
 def test_cell_centres_match_fed_pixels(kind: str, size: tuple[int, int]) -> None:
-    _check_centroids(_adapter(kind), [("image", *size)])
+    _check_centroids(tiny_llava(kind), [("image", *size)])
 
 
 @pytest.mark.parametrize("size", [(3000, 20), (20, 3000), (1500, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -412,7 +412,7 @@ def test_cell_centres_match_fed_pixels(kind: str, size: tuple[int, int]) -> None
 def test_extreme_aspect_ratios(kind: str, size: tuple[int, int]) -> None:
     """Bands so thin that unpadding keeps a few patch rows of the tiles (OneVision), or none (NeXT: only the
     base grid, and for a tall band one newline per empty row)."""
-    adapter = _adapter(kind)
+    adapter = tiny_llava(kind)
     _check_centroids(adapter, [("image", *size)])
     enc = adapter.encode(_sample(_probe_units([("image", *size)])))
     _check_positions(adapter, enc.inputs, enc.token_map)
@@ -422,7 +422,7 @@ def test_extreme_aspect_ratios(kind: str, size: tuple[int, int]) -> None:
 
 def test_square_padding_leaves_out_tokens_of_padding() -> None:
     """LLaVA-1.5 with do_pad: a 36x12 band padded to 36x36 keeps only the patch rows that see the band."""
-    adapter = _adapter("llava-pad")
+    adapter = tiny_llava("llava-pad")
     token_map = adapter.encode(_sample(_probe_units([("image", 72, 24)]))).token_map
     assert len(token_map) == 4 * 2  # of 4x4 patches, the two middle rows (y 9..27 of 36) see the band
     assert token_map.cells[:, 1].min() == 0 and token_map.cells[:, 3].max() == 24
@@ -430,7 +430,7 @@ def test_square_padding_leaves_out_tokens_of_padding() -> None:
 
 def test_onevision_shrinks_large_grids_as_the_model_does() -> None:
     """anyres_max_9: a 2300x1700 image's 5x6-tile grid is shrunk bilinearly; tokens cover their footprints."""
-    adapter = _adapter("onevision-real")
+    adapter = tiny_llava("onevision-real")
     enc = adapter.encode(_sample(_probe_units([("image", 2300, 1700)])))
     n = 384 // 14
     tile_tokens = len(enc.token_map) - n * n
@@ -441,7 +441,7 @@ def test_onevision_shrinks_large_grids_as_the_model_does() -> None:
 @pytest.mark.parametrize("kind", ["llava", "next", "onevision", "next-real", "onevision-real"])
 def test_several_images_keep_their_own_tokens(kind: str) -> None:
     spec = [("page", 192, 256), ("page", 250, 130), ("page", 90, 300)]
-    adapter = _adapter(kind)
+    adapter = tiny_llava(kind)
     if not kind.endswith("-real"):
         _check_colours(adapter, spec, salt=7)
     _check_centroids(adapter, spec)
@@ -455,7 +455,7 @@ def test_several_images_keep_their_own_tokens(kind: str) -> None:
 
 @pytest.mark.parametrize("n_frames", [1, 3])
 def test_onevision_video_tokens_cover_their_frames(n_frames: int) -> None:
-    adapter = _adapter("onevision")
+    adapter = tiny_llava("onevision")
     spec = [("frame", 160, 96)] * (n_frames - 1) + [("frame", 70, 120)]  # frames may differ in size
     _check_colours(adapter, spec, salt=3)
     _check_centroids(adapter, spec)
@@ -470,7 +470,7 @@ def test_onevision_video_tokens_cover_their_frames(n_frames: int) -> None:
 
 def test_onevision_real_video_and_mixed_input() -> None:
     """Real geometry: 27x27 patches pooled to 14x14 per frame; an image then a video in one prompt."""
-    adapter = _adapter("onevision-real")
+    adapter = tiny_llava("onevision-real")
     spec = [("image", 300, 170), ("frame", 320, 240), ("frame", 320, 240)]
     _check_centroids(adapter, spec)
     enc = adapter.encode(_sample(_probe_units(spec)))
@@ -486,7 +486,7 @@ def test_region_boxes_round_trip_through_tokens() -> None:
         ("next", ["scenes", "pages"]),
         ("onevision", ["scenes", "pages", "clips"]),
     ]:
-        adapter = _adapter(kind)
+        adapter = tiny_llava(kind)
         for domain in domains:
             for i in range(3):
                 sample = make_sample(domain, 3, i)
@@ -508,7 +508,7 @@ def test_region_boxes_round_trip_through_tokens() -> None:
 
 @pytest.mark.parametrize("kind", ["llava", "next", "onevision"])
 def test_forward_padded_batch_and_generate(kind: str) -> None:
-    adapter = _adapter(kind)
+    adapter = tiny_llava(kind)
     domains = ["scenes", "pages", "clips"] if kind == "onevision" else ["scenes", "pages"]
     samples = [make_sample(d, 0, i) for d in domains for i in range(2)]
     encoded = [adapter.encode(s, answer=True) for s in samples]
@@ -535,7 +535,7 @@ REAL_INPUTS = [
 @pytest.mark.parametrize(("kind", "spec"), REAL_INPUTS, ids=[f"{k}-{len(s)}-units" for k, s in REAL_INPUTS])
 def test_real_geometry_runs_in_the_model(kind: str, spec: list[tuple[str, int, int]]) -> None:
     """At the real checkpoints' tile, patch and pinpoint sizes the model accepts exactly our placeholders."""
-    adapter = _adapter(kind)
+    adapter = tiny_llava(kind)
     enc = adapter.encode(_sample(_probe_units(spec)))
     with torch.no_grad():
         logits = adapter.model(**enc.inputs).logits
@@ -551,13 +551,13 @@ def test_chat_formats_match_the_checkpoints() -> None:
     frames = [("frame", 64, 64)] * 2
     two = _probe_units([("image", 64, 64), ("image", 64, 48)])
     q = "What colour is the star?"
-    llava = _prompt(_adapter("llava"), _sample(two))
+    llava = _prompt(tiny_llava("llava"), _sample(two))
     assert llava == f"<s>USER: <image>\n<image>\n{q} ASSISTANT:red</s>"
-    assert _prompt(_adapter("next"), _sample(two)) == llava
-    onevision = _prompt(_adapter("onevision"), _sample(two[:1] + _probe_units(frames)))
+    assert _prompt(tiny_llava("next"), _sample(two)) == llava
+    onevision = _prompt(tiny_llava("onevision"), _sample(two[:1] + _probe_units(frames)))
     assert onevision == f"<|im_start|>user\n<image><video>\n{q}<|im_end|>\n<|im_start|>assistant\nred<|im_end|>"
     # LLaVA-NeXT follows its language model: Mistral's [INST], Llama-3's headers, ChatML for Yi/Qwen
-    base = _adapter("next")
+    base = tiny_llava("next")
     for tok, text_type, expected in [
         (_tokenizer("llama"), "mistral", MISTRAL),
         (_tokenizer("llama3"), "llama", LLAMA3),
@@ -576,7 +576,7 @@ def test_chat_formats_match_the_checkpoints() -> None:
 
 def test_make_adapter_loads_the_image_processor(tmp_path) -> None:
     for kind in ["llava", "next", "onevision"]:
-        fixture = _adapter(kind)
+        fixture = tiny_llava(kind)
         folder = tmp_path / kind
         fixture.image_processor.save_pretrained(folder)
         adapter = make_adapter(fixture.model, fixture.tokenizer, str(folder), kind)
@@ -591,12 +591,12 @@ def test_make_adapter_loads_the_image_processor(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["llava", "next"])
 def test_video_is_refused_where_unsupported(kind: str) -> None:
     with pytest.raises(SampleError, match="does not support video"):
-        _adapter(kind).encode(make_sample("clips", 0, 0))
+        tiny_llava(kind).encode(make_sample("clips", 0, 0))
 
 
 @pytest.mark.parametrize("kind", ["llava", "next", "onevision"])
 def test_too_small_images_and_empty_inputs_are_refused(kind: str) -> None:
-    adapter = _adapter(kind)
+    adapter = tiny_llava(kind)
     with pytest.raises(SampleError, match="smaller than one 8-px patch"):
         adapter.encode(_sample(_probe_units([("image", 64, 64), ("image", 7, 100)])))
     with pytest.raises(SampleError, match="at least one visual unit"):  # e.g. a video with zero frames
@@ -607,7 +607,7 @@ def test_too_small_images_and_empty_inputs_are_refused(kind: str) -> None:
 
 
 def test_onevision_videos_of_a_batch_need_equal_frame_counts() -> None:
-    adapter = _adapter("onevision")
+    adapter = tiny_llava("onevision")
     short = adapter.encode(_sample(_probe_units([("frame", 64, 64)] * 2)))
     long = adapter.encode(_sample(_probe_units([("frame", 64, 64)] * 3)))
     with pytest.raises(ValueError, match="equal frame counts"):
@@ -617,7 +617,7 @@ def test_onevision_videos_of_a_batch_need_equal_frame_counts() -> None:
 
 
 def test_unsupported_towers_and_mismatched_processors_are_refused() -> None:
-    base = _adapter("llava")
+    base = tiny_llava("llava")
     config = base.model.config.to_dict()
     config["vision_feature_select_strategy"] = "full"  # would keep CLIP's class token
     model = LlavaForConditionalGeneration(LlavaConfig(**config))
@@ -630,7 +630,7 @@ def test_unsupported_towers_and_mismatched_processors_are_refused() -> None:
         LlavaAdapter(base.model, base.tokenizer, stretchy, "stretchy").encode(
             _sample(_probe_units([("image", 64, 48)]))
         )
-    nxt = _adapter("next")
+    nxt = tiny_llava("next")
     wrong = LlavaNextImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_grid_pinpoints=TINY_PINPOINTS
     )

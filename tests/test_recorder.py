@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
+from corehead.data.sample import Sample
 from corehead.data.synthetic import DOMAINS, make_sample
 from corehead.metrics.ram import STATS
-from corehead.models.base import sample_region_tokens
+from corehead.models.base import ChatAdapter, sample_region_tokens
 from corehead.models.qwen_vl import QwenVLAdapter
 
 
@@ -27,8 +29,12 @@ def _reference(attn: np.ndarray, rows: np.ndarray, vis: np.ndarray, region: set,
 
 
 def test_recorded_stats_equal_eager_attention(qwen_family: QwenVLAdapter) -> None:
-    adapter, model = qwen_family, qwen_family.model
-    samples = [make_sample(d, 4, i) for d in DOMAINS for i in range(2)]  # padded batch: lengths differ
+    _check_against_eager(qwen_family, [make_sample(d, 4, i) for d in DOMAINS for i in range(2)])
+
+
+def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
+    """Record a padded batch (lengths differ) and compare every statistic with eager attention."""
+    model = adapter.model
     encoded = [adapter.encode(s, answer=True) for s in samples]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
@@ -68,3 +74,14 @@ def test_recorded_stats_equal_eager_attention(qwen_family: QwenVLAdapter) -> Non
                     np.testing.assert_allclose(
                         got, want, rtol=1e-5, atol=1e-5, err_msg=f"{STATS} b{b} l{layer} h{h} {name}"
                     )
+
+
+@pytest.mark.parametrize("kind", ["llava", "next", "onevision", "internvl"])
+def test_recorder_on_llava_and_internvl(kind: str) -> None:
+    """The same exact agreement with eager attention on the other families' text decoders (Llama, Qwen2)."""
+    from test_internvl_adapter import tiny_internvl
+    from test_llava_adapters import tiny_llava
+
+    adapter = tiny_internvl() if kind == "internvl" else tiny_llava(kind)
+    domains = ("scenes", "pages", "clips") if kind in ("onevision", "internvl") else ("scenes", "pages")
+    _check_against_eager(adapter, [make_sample(d, 5, i) for d in domains for i in range(2)])
