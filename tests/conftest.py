@@ -73,9 +73,16 @@ def _tiny_qwen2(tokenizer, family: str) -> QwenVLAdapter:
     return QwenVLAdapter(model.eval(), tokenizer, processor, f"tiny-{family}")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tokenizer) -> QwenVLAdapter:
+    return _tiny_qwen2(tokenizer, "qwen2_vl")
+
+
 @pytest.fixture(scope="session", params=["builtin", "qwen2_vl", "qwen2_5_vl"])
-def qwen_family(request, tokenizer, tiny_builtin) -> QwenVLAdapter:
+def qwen_family(request, tokenizer, tiny_builtin, tiny_qwen2_vl) -> QwenVLAdapter:
     """Each Qwen-VL family in turn: the built-in Qwen3-VL, Qwen2-VL and Qwen2.5-VL, tiny and random."""
     if request.param == "builtin":
         return tiny_builtin
+    if request.param == "qwen2_vl":
+        return tiny_qwen2_vl
     return _tiny_qwen2(tokenizer, request.param)

@@ -1,18 +1,36 @@
 """corehead: find, prove and exploit Context-aware Retrieval (CoRe) heads in multimodal LLMs."""
 
+import importlib
 from typing import Any
 
 from corehead.data import load_dataset
 from corehead.data.sample import Region, Sample, SampleError, VisualUnit
 
 __version__ = "0.1.0"
-__all__ = ["Region", "Sample", "SampleError", "VisualUnit", "__version__", "load_dataset", "load_model"]
+__all__ = [
+    "HeadScores",
+    "HeadSet",
+    "Region",
+    "Sample",
+    "SampleError",
+    "VisualUnit",
+    "__version__",
+    "load_dataset",
+    "load_model",
+    "score_heads",
+    "select_heads",
+]
+_LAZY = {
+    "load_model": "corehead.models",
+    "score_heads": "corehead.experiments.score",
+    "HeadScores": "corehead.heads",
+    "HeadSet": "corehead.heads",
+    "select_heads": "corehead.heads",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # load_model pulls in torch and transformers: import it on first use, so data commands start fast
-    if name == "load_model":
-        from corehead.models import load_model
-
-        return load_model
+    # these pull in torch and transformers: import them on first use, so data commands start fast
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'corehead' has no attribute {name!r}")

@@ -222,3 +222,29 @@ def overlap(a: HeadSet, b: HeadSet) -> dict[str, float]:
     y = np.array([rank_b[p] for p in a.ranking], dtype=float)
     spearman = float(np.corrcoef(x, y)[0, 1]) if len(x) > 1 else 1.0
     return {"jaccard": jaccard, "spearman": spearman, "shared": float(len(sa & sb))}
+
+
+def from_retrieval_head(data: dict[str, list[float]], n_kv_heads: int, fraction: float = 0.05, **meta: Any) -> HeadSet:
+    """A HeadSet from Retrieval-Head's {"layer-head": [scores]} (the mean of each list is the head's score)."""
+    pairs = {tuple(int(v) for v in key.split("-")): float(np.mean(vals)) for key, vals in data.items()}
+    n_layers = max(p[0] for p in pairs) + 1
+    n_heads = max(p[1] for p in pairs) + 1
+    mean = np.zeros((n_layers, n_heads))
+    for (layer, head), value in pairs.items():
+        mean[layer, head] = value
+    scores = HeadScores("retrieval_head", "imported", mean, mean.copy(), mean.copy(), 0)
+    selected, selection = select_heads(scores, fraction=fraction)
+    return make_headset(scores, selected, selection, meta.get("model", "?"), meta.get("dataset", "?"), n_kv_heads)
+
+
+def from_duo_tsv(text: str, n_heads: int) -> HeadSet:
+    """A HeadSet from DuoAttention's full_attention_heads.tsv: every query head of a full KV head is selected."""
+    rows = [[float(v) for v in line.split()] for line in text.strip().splitlines()]
+    keep = np.asarray(rows)
+    n_kv = keep.shape[1]
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads do not split into {n_kv} KV heads")
+    mean = np.repeat(keep, n_heads // n_kv, axis=1)
+    scores = HeadScores("duo_attention", "imported", mean, mean.copy(), mean.copy(), 0)
+    selected = [p for p in scores.ranking() if mean[p] > 0.5]
+    return make_headset(scores, selected, {"threshold": 0.5}, "?", "?", n_kv)

@@ -8,6 +8,7 @@ batch in flight, and a rerun skips the samples already there. RUN/manifest.json 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
 from corehead.data.sample import Sample
+from corehead.heads import HeadScores
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter, sample_region_tokens
 
@@ -134,3 +136,22 @@ def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOpti
     for k, name in enumerate(STATS):
         columns[name] = flat[:, k].astype(np.float32)
     return pa.table(columns), fallbacks
+
+
+def score_heads(
+    adapter: ChatAdapter,
+    samples: list[Sample],
+    out: Path | None = None,
+    metric: str = "ram",
+    query: str = "all",
+    dataset: str = "custom",
+    options: ScoreOptions | None = None,
+) -> HeadScores:
+    """Score and aggregate in one call: per-head mean `metric` over `samples` with bootstrap CIs.
+
+    Rows go to `out` (resumable) when given, else to a temporary folder.
+    """
+    if out is not None:
+        return HeadScores.from_table(score(adapter, samples, out, dataset, options).table, metric, query)
+    with tempfile.TemporaryDirectory(prefix="corehead-score-") as tmp:
+        return HeadScores.from_table(score(adapter, samples, Path(tmp), dataset, options).table, metric, query)
