@@ -170,14 +170,14 @@ def register() -> None:
 def decoder_attention(model: Any) -> Iterator[None]:
     """Route the language decoder (only) through corehead's attention; restore the previous setting on exit."""
     register()
-    config = model.config
-    text = config.get_text_config()
+    text = model.config.get_text_config()
     before = text._attn_implementation
-    model.set_attn_implementation({"text_config": NAME})
+    nested = text is not model.config  # a VLM: only its text sub-config changes
+    model.set_attn_implementation({"text_config": NAME} if nested else NAME)
     try:
         yield
     finally:
-        model.set_attn_implementation({"text_config": before})
+        model.set_attn_implementation({"text_config": before} if nested else before)
 
 
 @contextmanager
