@@ -188,41 +188,32 @@ def score(
     max_frames: MaxFramesOpt = None,
 ) -> None:
     """Score every decoder head by Retrieval Attention Mass; write RUN/results and RUN/heads.json."""
-    from corehead.attention.recorder import ROW_GROUPS
-    from corehead.experiments.score import ScoreOptions
-    from corehead.experiments.score import score as run_score
-    from corehead.heads import HeadScores, make_headset, select_heads
+    from corehead.experiments.score import ScoreOptions, score_and_select
 
-    group = query.replace("-", "_")
-    if group not in ROW_GROUPS:
-        raise ValueError(f"--query must be one of {', '.join(g.replace('_', '-') for g in ROW_GROUPS)}; got {query!r}")
     samples = _load_samples(
-        data, limit if limit is not None else (100 if data.startswith("synthetic:") else None), seed, skip_invalid
+        data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
     adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
-    options = ScoreOptions(batch_size=batch_size)
     with progress("scoring", len(samples)) as advance:
-        run = run_score(adapter, samples, out_dir, dataset=data, options=options, on_progress=advance)
+        headset, run = score_and_select(
+            adapter,
+            samples,
+            out_dir,
+            data,
+            query.replace("-", "_"),
+            metric,
+            fraction,
+            count,
+            ScoreOptions(batch_size=batch_size),
+            on_progress=advance,
+        )
     if run.fallbacks:
         log(f"{run.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")
-    scores = HeadScores.from_table(run.table, metric=metric, query=group)
-    selected, selection = select_heads(scores, fraction=fraction, count=count)
-    text = adapter.model.config.get_text_config()
-    headset = make_headset(
-        scores,
-        selected,
-        selection,
-        model=model,
-        dataset=data,
-        n_kv_heads=int(text.num_key_value_heads),
-        options={"query": group, "metric": metric, "seed": seed, **vars(options)},
-    )
-    path = headset.save(out_dir / "heads.json")
     if as_json:
         emit_json(
             {
-                "heads": str(path),
-                "n": scores.n_samples,
+                "heads": str(out_dir / "heads.json"),
+                "n": headset.n_samples,
                 "selected": headset.selected,
                 "layer_profile": headset.layer_profile().tolist(),
             }
@@ -305,9 +296,10 @@ def demo(
     n: Annotated[int, typer.Option("--n", help="Held-out samples per synthetic domain.")] = 100,
     seed: SeedOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the demo's results.")] = Path("runs/demo"),
+    n_score: Annotated[int, typer.Option("--n-score", help="Samples per domain scored for CoRe heads.")] = 40,
     as_json: JsonOpt = False,
 ) -> None:
-    """End to end on the built-in model: synthetic data in three domains, then accuracy per domain."""
+    """End to end on the built-in model: accuracy per synthetic domain, then its CoRe heads per domain."""
     from corehead.data import synthetic
 
     samples = [s for domain in synthetic.DOMAINS for s in synthetic.generate(domain, n, seed=seed)]
@@ -323,12 +315,37 @@ def demo(
         "accuracy": result.accuracy,
         "by_domain": result.by_domain(),
     }
+    if not as_json:
+        out.print(_accuracy_table("built-in model, held-out synthetic samples", result.by_domain(), summary))
+    from corehead.experiments.score import score_and_select
+
+    heads = {}
+    for domain in synthetic.DOMAINS:
+        chosen = [s for s in samples if s.domain == domain][:n_score]
+        with progress(f"scoring heads on {domain}", len(chosen)) as advance:
+            headset, _ = score_and_select(
+                adapter, chosen, out_dir / f"score-{domain}", f"synthetic:{domain}", on_progress=advance
+            )
+        heads[domain] = headset
+    summary["core_heads"] = {d: h.selected for d, h in heads.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         emit_json(summary)
         return
-    out.print(_accuracy_table("built-in model, held-out synthetic samples", result.by_domain(), summary))
-    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl)")
+    table = Table(title=f"CoRe heads (top 5% by RAM over all text rows; {n_score} samples per domain)")
+    for col in ("domain", "CoRe heads (layer.head)", "RAM of the top head", "layers of the CoRe heads"):
+        table.add_column(col)
+    for domain, headset in heads.items():
+        top = headset.selected[0]
+        layers = sorted({layer for layer, _ in headset.selected})
+        table.add_row(
+            domain,
+            " ".join(f"{l_}.{h}" for l_, h in headset.selected),
+            f"{headset.scores['mean'][top[0]][top[1]]:.3f}",
+            ", ".join(map(str, layers)),
+        )
+    out.print(table)
+    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/heads.json)")
 
 
 @data_app.command("show")

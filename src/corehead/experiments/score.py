@@ -21,7 +21,7 @@ import torch
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
 from corehead.data.sample import Sample
-from corehead.heads import HeadScores
+from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter, sample_region_tokens
 
@@ -155,3 +155,37 @@ def score_heads(
         return HeadScores.from_table(score(adapter, samples, out, dataset, options).table, metric, query)
     with tempfile.TemporaryDirectory(prefix="corehead-score-") as tmp:
         return HeadScores.from_table(score(adapter, samples, Path(tmp), dataset, options).table, metric, query)
+
+
+def score_and_select(
+    adapter: ChatAdapter,
+    samples: list[Sample],
+    out: Path,
+    dataset: str,
+    query: str = "all",
+    metric: str = "ram",
+    fraction: float = 0.05,
+    count: int | None = None,
+    options: ScoreOptions | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[HeadSet, ScoreRun]:
+    """A whole scoring run: record into `out`, rank by `metric` on `query` rows, select, save out/heads.json."""
+    if query not in ROW_GROUPS:
+        raise ValueError(f"query must be one of {', '.join(ROW_GROUPS)}; got {query!r}")
+    options = options or ScoreOptions()
+    run = score(adapter, samples, out, dataset, options, on_progress)
+    scores = HeadScores.from_table(run.table, metric=metric, query=query)
+    selected, selection = select_heads(scores, fraction=fraction, count=count)
+    text = adapter.model.config.get_text_config()
+    headset = make_headset(
+        scores,
+        selected,
+        selection,
+        model=adapter.name,
+        dataset=dataset,
+        n_kv_heads=int(text.num_key_value_heads),
+        revision=getattr(adapter.model.config, "_commit_hash", None),
+        options={"query": query, "metric": metric, **asdict(options)},
+    )
+    headset.save(out / "heads.json")
+    return headset, run
