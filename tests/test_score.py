@@ -132,3 +132,21 @@ def test_planted_head_ranks_first(tiny_qwen2_vl: QwenVLAdapter, tmp_path: Path) 
     scores = HeadScores.from_table(run.table, metric="ram", query="all")
     assert scores.ranking()[0] == (0, head)
     assert scores.mean[0, head] > 0.5 and scores.mean[0, head] > 3 * np.delete(scores.mean.ravel(), head).max()
+
+
+def test_correct_only_ranks_on_correctly_answered_samples(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
+    import copy
+
+    from corehead.experiments.score import score_and_select
+
+    samples = list(generate("scenes", 6, seed=7))
+    right = {s.id for s in samples[::2]}
+    adapter = copy.copy(tiny_builtin)  # an oracle for half the samples
+    adapter.generate = lambda batch, max_new_tokens=16: [s.answer if s.id in right else "no" for s in batch]  # type: ignore[method-assign]
+    everyone, run = score_and_select(adapter, samples, tmp_path, "synthetic:scenes", fraction=0.25)
+    correct, _ = score_and_select(adapter, samples, tmp_path, "synthetic:scenes", fraction=0.25, correct_only=True)
+    assert everyone.n_samples == 6 and correct.n_samples == 3
+    expected = HeadScores.from_table(run.table, only=right)
+    assert np.allclose(correct.scores["mean"], expected.mean)
+    assert (tmp_path / "heads.json").exists() and (tmp_path / "heads-correct.json").exists()
+    assert HeadSet.load(tmp_path / "heads-correct.json").options["correct_only"] is True

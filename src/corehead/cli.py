@@ -179,6 +179,9 @@ def score(
     limit: Annotated[int | None, typer.Option("--limit", help="Score at most this many samples.")] = None,
     fraction: Annotated[float, typer.Option("--fraction", help="Share of heads selected as CoRe heads.")] = 0.05,
     count: Annotated[int | None, typer.Option("--count", help="Select this many heads instead.")] = None,
+    correct_only: Annotated[
+        bool, typer.Option("--correct-only", help="Also rank on correctly answered samples (heads-correct.json).")
+    ] = False,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 4,
     as_json: JsonOpt = False,
@@ -194,21 +197,20 @@ def score(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
     adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
+    group = query.replace("-", "_")
+    options = ScoreOptions(batch_size=batch_size)
     with progress("scoring", len(samples)) as advance:
         headset, run = score_and_select(
-            adapter,
-            samples,
-            out_dir,
-            data,
-            query.replace("-", "_"),
-            metric,
-            fraction,
-            count,
-            ScoreOptions(batch_size=batch_size),
-            on_progress=advance,
+            adapter, samples, out_dir, data, group, metric, fraction, count, options, on_progress=advance
         )
     if run.fallbacks:
         log(f"{run.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")
+    if correct_only:  # reported both ways: all samples first, then the correctly answered ones
+        _print_headset(headset)
+        log("ranked on the samples the model answers correctly (heads-correct.json):")
+        headset, _ = score_and_select(
+            adapter, samples, out_dir, data, group, metric, fraction, count, options, correct_only=True
+        )
     if as_json:
         emit_json(
             {

@@ -34,13 +34,17 @@ class HeadScores:
     n_samples: int
 
     @classmethod
-    def from_table(cls, table: pa.Table, metric: str = "ram", query: str = "all", seed: int = 0) -> HeadScores:
-        """Aggregate a scoring run's rows (one per sample, layer, head, query group)."""
+    def from_table(
+        cls, table: pa.Table, metric: str = "ram", query: str = "all", seed: int = 0, only: set[str] | None = None
+    ) -> HeadScores:
+        """Aggregate a scoring run's rows (one per sample, layer, head, query group); `only` keeps those ids."""
         if metric not in table.column_names:
             raise ValueError(f"unknown metric {metric!r}; the results hold {', '.join(table.column_names[5:])}")
         rows = table.filter(pa.compute.equal(table.column("query"), query))
+        if only is not None:
+            rows = rows.filter(pa.compute.is_in(rows.column("sample_id"), value_set=pa.array(sorted(only))))
         if rows.num_rows == 0:
-            raise ValueError(f"no rows for query group {query!r}")
+            raise ValueError(f"no rows for query group {query!r}" + (" among the chosen samples" if only else ""))
         ids = rows.column("sample_id").to_numpy(zero_copy_only=False)
         layers = rows.column("layer").to_numpy().astype(int)
         heads = rows.column("head").to_numpy().astype(int)

@@ -21,6 +21,7 @@ import torch
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
 from corehead.data.sample import Sample
+from corehead.experiments.evaluate import evaluate
 from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter, sample_region_tokens
@@ -168,13 +169,24 @@ def score_and_select(
     count: int | None = None,
     options: ScoreOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
+    correct_only: bool = False,
 ) -> tuple[HeadSet, ScoreRun]:
-    """A whole scoring run: record into `out`, rank by `metric` on `query` rows, select, save out/heads.json."""
+    """A whole scoring run: record into `out`, rank by `metric` on `query` rows, select, save the head set.
+
+    With `correct_only`, heads are ranked on the samples the model answers correctly (answers are kept in
+    out/answers.jsonl) and saved as out/heads-correct.json; otherwise out/heads.json.
+    """
     if query not in ROW_GROUPS:
         raise ValueError(f"query must be one of {', '.join(ROW_GROUPS)}; got {query!r}")
     options = options or ScoreOptions()
     run = score(adapter, samples, out, dataset, options, on_progress)
-    scores = HeadScores.from_table(run.table, metric=metric, query=query)
+    only = None
+    if correct_only:  # as Retrieval Head does: only samples the model answers correctly
+        answers = evaluate(adapter, samples, out=out / "answers.jsonl", batch_size=options.batch_size)
+        only = {r["id"] for r in answers.rows if r["correct"]}
+        if not only:
+            raise ValueError("the model answers none of the samples correctly: nothing to score with --correct-only")
+    scores = HeadScores.from_table(run.table, metric=metric, query=query, only=only)
     selected, selection = select_heads(scores, fraction=fraction, count=count)
     text = adapter.model.config.get_text_config()
     headset = make_headset(
@@ -185,7 +197,7 @@ def score_and_select(
         dataset=dataset,
         n_kv_heads=int(text.num_key_value_heads),
         revision=getattr(adapter.model.config, "_commit_hash", None),
-        options={"query": query, "metric": metric, **asdict(options)},
+        options={"query": query, "metric": metric, "correct_only": correct_only, **asdict(options)},
     )
-    headset.save(out / "heads.json")
+    headset.save(out / ("heads-correct.json" if correct_only else "heads.json"))
     return headset, run
