@@ -85,3 +85,58 @@ def test_recorder_on_llava_and_internvl(kind: str) -> None:
     adapter = tiny_internvl() if kind == "internvl" else tiny_llava(kind)
     domains = ("scenes", "pages", "clips") if kind in ("onevision", "internvl") else ("scenes", "pages")
     _check_against_eager(adapter, [make_sample(d, 5, i) for d in domains for i in range(2)])
+
+
+def test_generated_rows_equal_eager_attention_during_generate(tiny_qwen2_vl: QwenVLAdapter, tmp_path) -> None:
+    """`--query generated`: each generated token's row, averaged over the answer, as eager attention gives it."""
+    from corehead.experiments.score import ScoreOptions, score
+
+    adapter, model = tiny_qwen2_vl, tiny_qwen2_vl.model
+    samples = [make_sample(d, 6, 0) for d in DOMAINS]
+    new_tokens = 4
+    run = score(
+        adapter, samples, tmp_path, "gen", ScoreOptions(batch_size=3, generated=True, max_new_tokens=new_tokens)
+    )
+    encoded = [adapter.encode(s) for s in samples]
+    batch = adapter.collate(encoded)
+    width = batch["input_ids"].shape[1]
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                output_attentions=True,
+                return_dict_in_generate=True,
+                eos_token_id=adapter.end_token,
+                pad_token_id=adapter.pad_token,
+            )
+    finally:
+        model.set_attn_implementation({"text_config": "sdpa"})
+    generated = out.sequences[:, width:]
+    rows = {(r["sample_id"], r["layer"], r["head"]): r for r in run.table.to_pylist() if r["query"] == "generated"}
+    for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
+        tokens = generated[b].tolist()
+        answer_len = tokens.index(adapter.end_token) if adapter.end_token in tokens else len(tokens)
+        region = set(sample_region_tokens(s, e.token_map).indices.tolist())
+        dist = set(sample_region_tokens(s, e.token_map, s.distractors).indices.tolist())
+        vis = e.token_map.positions + width - e.length
+        for layer in range(model.config.get_text_config().num_hidden_layers):
+            for h in range(model.config.get_text_config().num_attention_heads):
+                per_step = [
+                    _reference(
+                        out.attentions[t][layer][b, h].double().numpy(),
+                        np.array([0]),
+                        vis,
+                        region,
+                        dist,
+                        len(s.distractors),
+                    )
+                    for t in range(1, min(answer_len + 1, len(out.attentions)))
+                ]
+                got = [rows[(s.id, layer, h)][k] for k in STATS]
+                if not per_step:
+                    assert all(np.isnan(got))
+                    continue
+                np.testing.assert_allclose(got, np.mean(per_step, axis=0), rtol=1e-4, atol=1e-5)

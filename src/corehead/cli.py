@@ -173,7 +173,7 @@ def score(
         "runs/score"
     ),
     query: Annotated[
-        str, typer.Option("--query", help="Query rows that rank heads: all, question, prompt-end or answer.")
+        str, typer.Option("--query", help="Query rows that rank heads: all, question, prompt-end, answer or generated.")
     ] = "all",
     metric: Annotated[str, typer.Option("--metric", help="ram or ram_minus_distractor.")] = "ram",
     limit: Annotated[int | None, typer.Option("--limit", help="Score at most this many samples.")] = None,

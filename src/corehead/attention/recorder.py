@@ -87,6 +87,8 @@ class RowPlan:
     distractors: torch.Tensor
     n_distractors: torch.Tensor
     stats: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, len(STATS)]
+    record_decode: bool = False  # also record each generated token's row during generate
+    decode: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per decode step: layer -> [B, H, S]
 
 
 _PLAN: ContextVar[RowPlan | None] = ContextVar("corehead_plan", default=None)
@@ -109,8 +111,15 @@ def corehead_attention(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     plan = _PLAN.get()
     layer = getattr(module, "layer_idx", None)
-    if plan is not None and layer is not None and query.shape[2] > 1:
-        plan.stats[int(layer)] = _record(plan, query, key, mask, scale)
+    if plan is not None and layer is not None:
+        if query.shape[2] > 1:
+            plan.stats[int(layer)] = _record(plan, plan.rows, plan.row_groups, query, key, mask, scale)
+        elif plan.record_decode:  # one decode step: the row of the token generated last
+            if not plan.decode or int(layer) in plan.decode[-1]:
+                plan.decode.append({})
+            ones = torch.ones(query.shape[0], 1, 1, device=query.device)
+            rows = torch.zeros(query.shape[0], 1, dtype=torch.long, device=query.device)
+            plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale)[:, :, 0]
     return _sdpa(query, key, value, mask, scale, dropout if module.training else 0.0), None
 
 
@@ -146,9 +155,18 @@ def _sdpa(
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 
-def _record(plan: RowPlan, query: torch.Tensor, key: torch.Tensor, mask: CompactMask, scale: float) -> torch.Tensor:
-    """Post-softmax attention of the planned rows, reduced to per-head statistics ([B, H, G, S])."""
-    rows = plan.rows.clamp_min(0)
+def _record(
+    plan: RowPlan,
+    rows: torch.Tensor,
+    row_groups: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: CompactMask,
+    scale: float,
+) -> torch.Tensor:
+    """Post-softmax attention of query `rows` ([B, R] in the query block), averaged into `row_groups`
+    ([B, R, G]) and reduced to per-head statistics over the plan's visual tokens ([B, H, G, S])."""
+    rows = rows.clamp_min(0)
     q = query.gather(2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
     groups = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
@@ -156,7 +174,7 @@ def _record(plan: RowPlan, query: torch.Tensor, key: torch.Tensor, mask: Compact
     scores = scores.masked_fill(~mask.rows(rows, key.shape[2]), float("-inf"))
     probs = scores.softmax(-1).nan_to_num(0.0)  # unused row slots may see no key at all
     visual = probs.gather(-1, plan.visual.clamp_min(0)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
-    maps = torch.einsum("bhrn,brg->bhgn", visual, plan.row_groups.to(visual.dtype))
+    maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype))
     return head_stats(maps, plan.valid, plan.region, plan.distractors, plan.n_distractors)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class ScoreOptions:
     min_overlap: float = 0.5  # share of a cell inside the region for its token to count
     batch_size: int = 4
     answer: bool = True  # teacher-force the gold answer so its rows can be recorded
+    generated: bool = False  # instead, generate an answer and record its tokens' rows ('generated' group)
+    max_new_tokens: int = 16
 
 
 @dataclass
@@ -109,7 +111,7 @@ def score(
 
 
 def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions) -> tuple[pa.Table, int]:
-    encoded = [adapter.encode(s, answer=options.answer) for s in samples]
+    encoded = [adapter.encode(s, answer=options.answer and not options.generated) for s in samples]
     batch = adapter.collate(encoded)
     width = int(batch["input_ids"].shape[1])
     regions, dists, fallbacks = [], [], 0
@@ -121,9 +123,24 @@ def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOpti
         dists.append(d.indices if d is not None else np.zeros(0, dtype=np.int64))
     plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
     device = adapter.model.device
+    inputs = {k: v.to(device) for k, v in batch.items()}
+    groups = list(ROW_GROUPS)
     with torch.no_grad(), record(plan):
-        adapter.model(**{k: v.to(device) for k, v in batch.items()})
+        if options.generated:
+            plan.record_decode = True
+            new = adapter.model.generate(
+                **inputs,
+                max_new_tokens=options.max_new_tokens,
+                do_sample=False,
+                eos_token_id=adapter.end_token,
+                pad_token_id=adapter.pad_token,
+            )[:, width:]
+        else:
+            adapter.model(**inputs)
     stats = torch.stack([plan.stats[layer].cpu() for layer in sorted(plan.stats)], dim=1)  # [B, L, H, G, S]
+    if options.generated:
+        stats = torch.cat([stats, _generated_stats(plan, new.cpu(), adapter.end_token)[:, :, :, None]], dim=3)
+        groups.append("generated")
     b, n_layers, n_heads, n_groups, _ = stats.shape
     idx = np.indices((b, n_layers, n_heads, n_groups)).reshape(4, -1)
     columns: dict[str, Any] = {
@@ -131,12 +148,31 @@ def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOpti
         "domain": [samples[i].domain for i in idx[0]],
         "layer": idx[1].astype(np.int16),
         "head": idx[2].astype(np.int16),
-        "query": [ROW_GROUPS[g] for g in idx[3]],
+        "query": [groups[g] for g in idx[3]],
     }
     flat = stats.reshape(-1, len(STATS)).numpy()
     for k, name in enumerate(STATS):
         columns[name] = flat[:, k].astype(np.float32)
     return pa.table(columns), fallbacks
+
+
+def _generated_stats(plan: Any, new_tokens: torch.Tensor, end_token: int) -> torch.Tensor:
+    """[B, L, H, S]: statistics averaged over the rows of each sample's generated answer tokens.
+
+    Decode step t reads the token generated at step t - 1; a sample's rows end at its end-of-turn token.
+    Samples whose answer is empty get NaN (left out of dataset means).
+    """
+    if not plan.decode:  # one new token: no generated token's row was run
+        raise ValueError("recording generated rows needs max_new_tokens >= 2")
+    steps = torch.stack([torch.stack([d[k] for k in sorted(d)], dim=1).cpu() for d in plan.decode])  # [T,B,L,H,S]
+    ended = (new_tokens == end_token).int().cumsum(1) > 0  # [B, M]: at or after the end token
+    answer_len = (~ended).sum(1)  # real answer tokens per sample
+    valid = torch.arange(steps.shape[0])[:, None] < answer_len[None, :]  # step t+1 reads token t
+    count = valid.sum(0)  # the last token's row is never run when generation stops at max_new_tokens
+    weights = valid.float() / count.clamp_min(1)[None, :]
+    mean = (steps * weights[:, :, None, None, None]).sum(0)
+    mean[count == 0] = float("nan")
+    return mean
 
 
 def score_heads(
@@ -176,9 +212,11 @@ def score_and_select(
     With `correct_only`, heads are ranked on the samples the model answers correctly (answers are kept in
     out/answers.jsonl) and saved as out/heads-correct.json; otherwise out/heads.json.
     """
-    if query not in ROW_GROUPS:
-        raise ValueError(f"query must be one of {', '.join(ROW_GROUPS)}; got {query!r}")
+    if query not in (*ROW_GROUPS, "generated"):
+        raise ValueError(f"query must be one of {', '.join(ROW_GROUPS)}, generated; got {query!r}")
     options = options or ScoreOptions()
+    if query == "generated":
+        options = replace(options, generated=True)
     run = score(adapter, samples, out, dataset, options, on_progress)
     only = None
     if correct_only:  # as Retrieval Head does: only samples the model answers correctly

@@ -10,15 +10,16 @@ def bootstrap_mean_ci(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over axis 0 and its percentile bootstrap interval, resampling samples (rows) jointly.
 
-    values: [n_samples, ...]; returns (mean, low, high), each of shape values.shape[1:].
+    values: [n_samples, ...]; NaN marks a sample without a value there (left out). Returns (mean, low,
+    high), each of shape values.shape[1:].
     """
     if len(values) == 0:
         raise ValueError("no samples to average")
     rng = np.random.default_rng(seed)
-    mean = values.mean(axis=0)
+    mean = np.nanmean(values, axis=0)
     if len(values) == 1:
         return mean, mean.copy(), mean.copy()
     draws = rng.integers(0, len(values), size=(n_boot, len(values)))
-    boots = np.stack([values[d].mean(axis=0) for d in draws])
+    boots = np.stack([np.nanmean(values[d], axis=0) for d in draws])
     alpha = (1 - level) / 2
-    return mean, np.quantile(boots, alpha, axis=0), np.quantile(boots, 1 - alpha, axis=0)
+    return mean, np.nanquantile(boots, alpha, axis=0), np.nanquantile(boots, 1 - alpha, axis=0)
