@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
+from corehead.attention.interventions import active_knockout
 from corehead.metrics.ram import head_stats
 
 NAME = "corehead"
@@ -120,7 +121,23 @@ def corehead_attention(
             ones = torch.ones(query.shape[0], 1, 1, device=query.device)
             rows = torch.zeros(query.shape[0], 1, dtype=torch.long, device=query.device)
             plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale)[:, :, 0]
-    return _sdpa(query, key, value, mask, scale, dropout if module.training else 0.0), None
+    dropout = dropout if module.training else 0.0
+    out = _sdpa(query, key, value, mask, scale, dropout)
+    spec = active_knockout()
+    heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
+    if heads:  # recompute the knocked-out heads with their forbidden keys masked
+        assert spec is not None
+        forbid = torch.zeros(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+        span = min(spec.keys.shape[1], key.shape[2])
+        forbid[:, :span] = spec.keys[:, :span].to(key.device)
+        keep = ~forbid if mask.keep is None else mask.keep & ~forbid
+        groups = query.shape[1] // key.shape[1]
+        kv = [h // groups for h in heads]
+        sub = _sdpa(
+            query[:, heads], key[:, kv], value[:, kv], CompactMask(keep, mask.q_offset, mask.kv_offset), scale, dropout
+        )
+        out[:, :, heads] = sub
+    return out, None
 
 
 def _sdpa(
@@ -140,18 +157,17 @@ def _sdpa(
     for start in range(0, lq, chunk):
         rows = torch.arange(start, min(lq, start + chunk), device=query.device).expand(query.shape[0], -1)
         visible = mask.rows(rows, lk)
-        visible = visible | ~visible.any(-1, keepdim=True)  # fully padded rows: any finite output will do
-        outs.append(
-            F.scaled_dot_product_attention(
-                query[:, :, start : start + chunk],
-                key,
-                value,
-                attn_mask=visible,
-                dropout_p=dropout,
-                scale=scale,
-                enable_gqa=gqa,
-            )
+        blind = ~visible.any(-1, keepdim=True)  # rows that may see no key (padding, a full knockout)
+        attended = F.scaled_dot_product_attention(
+            query[:, :, start : start + chunk],
+            key,
+            value,
+            attn_mask=visible | blind,
+            dropout_p=dropout,
+            scale=scale,
+            enable_gqa=gqa,
         )
+        outs.append(attended.masked_fill(blind, 0.0))  # they read nothing
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 
 

@@ -1,0 +1,136 @@
+"""Per-head interventions, declared as small dataclasses and applied with context managers.
+
+- `HeadAblation` cuts heads at their contribution: the head's slice of the o_proj input is zeroed, or set
+  to its mean over a reference set (`head_means`). A forward pre-hook on each targeted layer's o_proj does
+  it, so it works under any attention implementation; hooks are removed on exit, even on error.
+- `AttentionKnockout` forbids heads to attend to chosen keys (all visual tokens, or the region's tokens):
+  inside corehead's registered attention function, those heads are recomputed with the keys masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Head = tuple[int, int]  # (layer, query head)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The language decoder's layers (each with self_attn.o_proj) of any supported family."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return layers
+
+
+def _head_dim(attn: Any) -> int:
+    return int(getattr(attn, "head_dim", attn.o_proj.in_features // attn.config.num_attention_heads))
+
+
+@dataclass(frozen=True)
+class HeadAblation:
+    """Replace the output of `heads` before o_proj: by zeros, or by their mean over a reference set."""
+
+    heads: tuple[Head, ...]
+    mode: Literal["zero", "mean"] = "zero"
+    means: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [heads, head_dim], for mode "mean"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("zero", "mean"):
+            raise ValueError(f"mode must be 'zero' or 'mean', got {self.mode!r}")
+        if self.mode == "mean":
+            missing = sorted({layer for layer, _ in self.heads} - set(self.means))
+            if missing:
+                raise ValueError(f"mean ablation needs head means for layers {missing} (see head_means)")
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[None]:
+        layers = decoder_layers(model)
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in self.heads:
+            if not 0 <= layer < len(layers):
+                raise ValueError(f"layer {layer} does not exist (the decoder has {len(layers)})")
+            by_layer.setdefault(layer, []).append(head)
+        with ExitStack() as stack:
+            for layer, heads in by_layer.items():
+                attn = layers[layer].self_attn
+                dim = _head_dim(attn)
+                n_heads = attn.o_proj.in_features // dim
+                bad = [h for h in heads if not 0 <= h < n_heads]
+                if bad:
+                    raise ValueError(f"heads {bad} do not exist in layer {layer} ({n_heads} heads)")
+                hook = attn.o_proj.register_forward_pre_hook(self._hook(layer, sorted(heads), dim))
+                stack.callback(hook.remove)
+            yield
+
+    def _hook(self, layer: int, heads: list[int], dim: int) -> Any:
+        def replace(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x = args[0]
+            x = x.view(*x.shape[:-1], -1, dim).clone()
+            if self.mode == "zero":
+                x[..., heads, :] = 0
+            else:
+                x[..., heads, :] = self.means[layer][heads].to(x)
+            return (x.flatten(-2), *args[1:])
+
+        return replace
+
+
+@torch.no_grad()
+def head_means(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """Mean output of every head (its o_proj input slice) over the real tokens of reference batches."""
+    layers = decoder_layers(model)
+    sums: dict[int, torch.Tensor] = {}
+    count = [0]
+    mask_holder: list[torch.Tensor] = []
+    hooks = []
+    for index, layer in enumerate(layers):
+        attn = layer.self_attn
+        dim = _head_dim(attn)
+
+        def collect(module: Any, args: tuple[torch.Tensor, ...], index: int = index, dim: int = dim) -> None:
+            x = args[0].view(*args[0].shape[:-1], -1, dim).float()
+            keep = mask_holder[0][..., None, None].to(x)
+            sums[index] = sums.get(index, 0) + (x * keep).sum(dim=(0, 1))
+
+        hooks.append(attn.o_proj.register_forward_pre_hook(collect))
+    try:
+        for batch in batches:
+            mask_holder[:] = [batch["attention_mask"].bool()]
+            model(**batch)
+            count[0] += int(batch["attention_mask"].sum())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {layer: total / max(1, count[0]) for layer, total in sums.items()}
+
+
+@dataclass
+class AttentionKnockout:
+    """`heads` may not attend to the keys in `keys` ([B, Lk] bool, True = forbidden), e.g. visual tokens."""
+
+    heads: tuple[Head, ...]
+    keys: torch.Tensor
+
+
+_KNOCKOUT: ContextVar[AttentionKnockout | None] = ContextVar("corehead_knockout", default=None)
+
+
+def active_knockout() -> AttentionKnockout | None:
+    return _KNOCKOUT.get()
+
+
+@contextmanager
+def knockout(spec: AttentionKnockout) -> Iterator[AttentionKnockout]:
+    """Apply an attention knockout to forwards run inside (within recorder.decoder_attention)."""
+    token = _KNOCKOUT.set(spec)
+    try:
+        yield spec
+    finally:
+        _KNOCKOUT.reset(token)
