@@ -294,6 +294,62 @@ def heads_export(
 
 
 @app.command()
+def ablate(
+    heads: Annotated[Path, typer.Option("--heads", help="heads.json (or its run folder) that ranks the heads.")],
+    model: ModelOpt = "builtin",
+    data: DataOpt = "synthetic:all",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (ablation.jsonl, ablation.json).")] = Path(
+        "runs/ablate"
+    ),
+    k: Annotated[list[int] | None, typer.Option("--k", help="Heads ablated per condition (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Random control sets per k.")] = 3,
+    mode: Annotated[str, typer.Option("--mode", help="zero or mean ablation.")] = "zero",
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many samples.")] = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    as_json: JsonOpt = False,
+    skip_invalid: SkipOpt = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Ablate the top-k heads and same-size bottom and random controls; paired effects with 95% CIs."""
+    from corehead.experiments.ablate import ablate as run_ablate
+    from corehead.experiments.ablate import conditions, summarize
+    from corehead.heads import HeadSet
+
+    headset = HeadSet.load(heads / "heads.json" if heads.is_dir() else heads)
+    ks = k or [max(1, round(0.05 * len(headset.ranking)))]
+    samples = _load_samples(
+        data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
+    )
+    adapter = _load_model(model, trust_remote_code)
+    total = len(samples) * len(conditions(headset, ks, seeds))
+    with progress("answering under ablations", total) as advance:
+        rows = run_ablate(adapter, samples, headset, out_dir, ks, seeds, mode, batch_size, on_progress=advance)
+    table = summarize(rows)
+    (out_dir / "ablation.json").write_text(
+        json.dumps({"heads": str(heads), "mode": mode, "conditions": table}, indent=2)
+    )
+    if as_json:
+        emit_json({"mode": mode, "conditions": table})
+        return
+    view = Table(title=f"{mode} ablation of {headset.metric}-ranked heads ({len(samples)} samples)")
+    for col in ("condition", "k", "accuracy", "Δ accuracy [95% CI]", "Δ answer log-prob [95% CI]"):
+        view.add_column(col, justify="right")
+    for row in table:
+        lo, hi = row["delta_accuracy_ci"]
+        lo_lp, hi_lp = row["delta_logprob_ci"]
+        view.add_row(
+            row["condition"],
+            str(row["k"]),
+            f"{row['accuracy']:.3f}",
+            f"{row['delta_accuracy']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            f"{row['delta_logprob']:+.2f} [{lo_lp:+.2f}, {hi_lp:+.2f}]",
+        )
+    out.print(view)
+    log(f"results: {out_dir}/ (ablation.jsonl, ablation.json)")
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option("--n", help="Held-out samples per synthetic domain.")] = 100,
     seed: SeedOpt = 0,
