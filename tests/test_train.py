@@ -66,3 +66,16 @@ def test_batches_supervise_only_answers(tmp_path: Path) -> None:
     n_visual = int(((batch["mm_token_type_ids"] == 1) | (batch["mm_token_type_ids"] == 2)).sum())
     assert aux.shape == (n_visual, 2)
     assert int((aux[:, 0] > 0).sum()) > 0 and torch.all(aux >= 0)
+
+
+def test_training_can_start_from_trained_weights(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(first, _small(2, checkpoint_every=100))
+    start = AutoModelForImageTextToText.from_pretrained(first)
+    seen: list[float] = []
+    train(
+        tmp_path / "second", _small(1, lr=0.0, warmup=1, init=str(first)), on_step=lambda s, r: seen.append(r["loss"])
+    )
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "second")
+    for (name, a), (_, b) in zip(start.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name  # lr 0: the weights it started from, untouched

@@ -452,11 +452,14 @@ def train_builtin(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch.")] = 2,
+    init: Annotated[
+        str | None, typer.Option("--init", help="Start from these weights ('builtin' or a folder), not random.")
+    ] = None,
 ) -> None:
     """Train the built-in tiny VLM from scratch (about 90 minutes on 2 cores); resumes from OUT/checkpoint."""
     from corehead.models.builtin.train import TrainConfig, train
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads, init=init)
     with progress("training", cfg.steps) as advance:
         state = {"last": 0}
 

@@ -28,6 +28,7 @@ from transformers import Qwen3VLForConditionalGeneration
 
 from corehead.data.synthetic import COLOURS, DIGITS, DOMAINS, SHAPES, Scene, generate, make_scene
 from corehead.experiments.evaluate import evaluate
+from corehead.models import resolve
 from corehead.models.base import VisualTokenMap
 from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
 from corehead.models.qwen_vl import ASSISTANT, END, USER, Assembled, Piece, QwenVLAdapter
@@ -49,6 +50,8 @@ class TrainConfig:
     compact_start: float = 0.8  # share of one-hop sequences early in training
     compact_end: float = 0.25
     curriculum_steps: tuple[int, int] = (2000, 3500)
+    domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # how often each of DOMAINS is drawn
+    init: str | None = None  # start from these weights ('builtin' or a folder) instead of random ones
     eval_every: int = 250
     eval_n: int = 50  # held-out samples per domain at each evaluation
     target: float = 0.97  # stop once every domain reaches this at an evaluation
@@ -123,7 +126,9 @@ def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dic
     share = _compact_share(cfg, step)
     for b in range(cfg.batch_size):
         index = step * cfg.batch_size + b
-        scene = make_scene(DOMAINS[index % len(DOMAINS)], cfg.seed, index, split="train")
+        weights = np.asarray(cfg.domain_weights, dtype=float)
+        domain = DOMAINS[int(rng.choice(len(DOMAINS), p=weights / weights.sum()))]
+        scene = make_scene(domain, cfg.seed, index, split="train")
         prefix, pieces = _pieces(scene, rng, bool(rng.random() < share), cfg.max_turns)
         assembled = adapter.assemble(scene.units, prefix, pieces)
         rows.append(assembled)
@@ -173,7 +178,10 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     tokenizer = build_tokenizer()
     processor = build_image_processor()
     torch.manual_seed(cfg.seed)
-    model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small))
+    if cfg.init is not None:  # continue from trained weights (a fresh optimizer and schedule)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(resolve(cfg.init))
+    else:
+        model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small))
     aux = _Aux(model.config.get_text_config().hidden_size)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -181,7 +189,11 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     if (ckpt / "state.json").exists():
         state = json.loads((ckpt / "state.json").read_text())
         # resume with the stored options; the step budget may be raised; threads and checkpointing are this run's
-        stored = {**state["config"], "curriculum_steps": tuple(state["config"]["curriculum_steps"])}
+        stored = {
+            **state["config"],
+            "curriculum_steps": tuple(state["config"]["curriculum_steps"]),
+            "domain_weights": tuple(state["config"].get("domain_weights", (1.0, 1.0, 1.0))),
+        }
         run = {"threads": cfg.threads, "checkpoint_every": cfg.checkpoint_every}
         cfg = TrainConfig(**{**stored, **run, "steps": max(cfg.steps, stored["steps"])})
         load_model(model, ckpt / "model.safetensors")
