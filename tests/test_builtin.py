@@ -1,0 +1,47 @@
+"""The shipped built-in model: loads offline with transformers' own loader and answers held-out samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForImageTextToText
+from typer.testing import CliRunner
+
+from corehead.cli import app
+from corehead.data.synthetic import DOMAINS, generate
+from corehead.experiments.evaluate import evaluate
+from corehead.models import load_model
+from corehead.models.builtin import WEIGHTS
+
+FLOOR = 0.75  # per domain on 40 held-out samples (measured: see the README); a regression guard
+
+
+def test_weights_load_with_transformers_own_loader() -> None:
+    model = AutoModelForImageTextToText.from_pretrained(WEIGHTS)
+    text = model.config.get_text_config()
+    assert model.config.model_type == "qwen3_vl"
+    assert text.num_hidden_layers * text.num_attention_heads >= 64
+    assert text.num_key_value_heads < text.num_attention_heads  # GQA
+    assert sum(f.stat().st_size for f in WEIGHTS.iterdir()) < 30 * 2**20
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_builtin_answers_held_out_samples(domain: str) -> None:
+    adapter = load_model("builtin")
+    result = evaluate(adapter, list(generate(domain, 40, seed=777)), batch_size=20, max_new_tokens=4)
+    assert result.accuracy >= FLOOR
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["--quiet", "demo", "--n", "6", "--n-score", "4", "--out", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n"] == 18 and set(summary["by_domain"]) == set(DOMAINS)
+    assert all(len(summary["core_heads"][d]) == 3 for d in DOMAINS)  # 5% of 64 heads
+    for domain in DOMAINS:
+        assert (tmp_path / f"score-{domain}" / "heads.json").exists()
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "predictions-seed0.jsonl").exists()
