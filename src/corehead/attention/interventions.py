@@ -127,10 +127,15 @@ def active_knockout() -> AttentionKnockout | None:
 
 
 @contextmanager
-def knockout(spec: AttentionKnockout) -> Iterator[AttentionKnockout]:
-    """Apply an attention knockout to forwards run inside (within recorder.decoder_attention)."""
-    token = _KNOCKOUT.set(spec)
+def scoped(var: ContextVar[Any], value: Any) -> Iterator[Any]:
+    """Set a context variable for the duration of a with-block, restoring it on exit, even on error."""
+    token = var.set(value)
     try:
-        yield spec
+        yield value
     finally:
-        _KNOCKOUT.reset(token)
+        var.reset(token)
+
+
+def knockout(spec: AttentionKnockout) -> Any:
+    """Apply an attention knockout to forwards run inside (within recorder.decoder_attention)."""
+    return scoped(_KNOCKOUT, spec)

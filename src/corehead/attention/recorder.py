@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
-from corehead.attention.interventions import active_knockout
+from corehead.attention.interventions import active_knockout, scoped
 from corehead.metrics.ram import head_stats
 
 NAME = "corehead"
@@ -214,14 +214,9 @@ def decoder_attention(model: Any) -> Iterator[None]:
         model.set_attn_implementation({"text_config": before} if nested else before)
 
 
-@contextmanager
-def record(plan: RowPlan) -> Iterator[RowPlan]:
+def record(plan: RowPlan) -> Any:
     """Collect per-layer statistics into `plan.stats` for forwards run inside (within decoder_attention)."""
-    token = _PLAN.set(plan)
-    try:
-        yield plan
-    finally:
-        _PLAN.reset(token)
+    return scoped(_PLAN, plan)
 
 
 ROW_GROUPS: tuple[str, ...] = ("all", "question", "prompt_end", "answer")
