@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from geometry_checks import assert_cells_cover_box, assert_cells_half_inside
 from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -314,15 +315,9 @@ def test_region_boxes_round_trip(internvl: InternVLAdapter) -> None:
             y0, y1 = np.sort(rng.uniform(0, h, 2))
             idx, fell_back = token_map.region_tokens(Region(0, (x0, y0, x1, y1)))
             cells = token_map.cells[idx]
-            cell_w = (cells[:, 2] - cells[:, 0]).max()
-            cell_h = (cells[:, 3] - cells[:, 1]).max()
-            assert cells[:, 0].min() <= x0 + cell_w and cells[:, 2].max() >= x1 - cell_w
-            assert cells[:, 1].min() <= y0 + cell_h and cells[:, 3].max() >= y1 - cell_h
+            assert_cells_cover_box(cells, (x0, y0, x1, y1))
             if not fell_back:
-                ix = np.clip(np.minimum(cells[:, 2], x1) - np.maximum(cells[:, 0], x0), 0, None)
-                iy = np.clip(np.minimum(cells[:, 3], y1) - np.maximum(cells[:, 1], y0), 0, None)
-                area = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
-                assert np.all(ix * iy >= 0.5 * area - 1e-9)
+                assert_cells_half_inside(cells, (x0, y0, x1, y1))
         half, _ = token_map.region_tokens(Region(0, (0.0, 0.0, w / 2, h)))  # a left half: both kinds of token
         assert thumb[half].any() and (~thumb[half]).any()
         assert thumb[half].sum() == 8  # the thumbnail's two left columns

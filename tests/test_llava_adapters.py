@@ -17,6 +17,7 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
+from geometry_checks import assert_cells_cover_box
 from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -493,13 +494,8 @@ def test_region_boxes_round_trip_through_tokens() -> None:
                 token_map = adapter.encode(sample).token_map
                 for region in sample.regions:
                     idx, _ = token_map.region_tokens(region)
-                    cells = token_map.cells[idx]
-                    cell_w = (cells[:, 2] - cells[:, 0]).max()
-                    cell_h = (cells[:, 3] - cells[:, 1]).max()
-                    x0, y0, x1, y1 = region.box
                     assert np.all(token_map.covers_unit(region.unit)[idx])
-                    assert cells[:, 0].min() <= x0 + cell_w and cells[:, 2].max() >= x1 - cell_w
-                    assert cells[:, 1].min() <= y0 + cell_h and cells[:, 3].max() >= y1 - cell_h
+                    assert_cells_cover_box(token_map.cells[idx], region.box)
                 assert len(sample_region_tokens(sample, token_map).indices) >= 1
 
 

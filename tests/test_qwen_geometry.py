@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from geometry_checks import assert_cells_cover_box, assert_cells_half_inside
 from PIL import Image, ImageDraw
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -183,17 +184,10 @@ def test_region_boxes_round_trip_through_tokens(qwen_family: QwenVLAdapter) -> N
             for region in sample.regions:
                 idx, fell_back = token_map.region_tokens(region)
                 cells = token_map.cells[idx]
-                cell_w = (cells[:, 2] - cells[:, 0]).max()
-                cell_h = (cells[:, 3] - cells[:, 1]).max()
-                x0, y0, x1, y1 = region.box
                 assert np.all(token_map.covers_unit(region.unit)[idx])
-                assert cells[:, 0].min() <= x0 + cell_w and cells[:, 2].max() >= x1 - cell_w
-                assert cells[:, 1].min() <= y0 + cell_h and cells[:, 3].max() >= y1 - cell_h
+                assert_cells_cover_box(cells, region.box)
                 if not fell_back:  # every chosen cell is at least half inside the box
-                    ix = np.clip(np.minimum(cells[:, 2], x1) - np.maximum(cells[:, 0], x0), 0, None)
-                    iy = np.clip(np.minimum(cells[:, 3], y1) - np.maximum(cells[:, 1], y0), 0, None)
-                    area = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
-                    assert np.all(ix * iy >= 0.5 * area - 1e-9)
+                    assert_cells_half_inside(cells, region.box)
             union = sample_region_tokens(sample, token_map)
             assert len(union.indices) >= 1
 
