@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -21,3 +23,15 @@ def assert_cells_half_inside(cells: np.ndarray, box: tuple[float, float, float, 
     iy = np.clip(np.minimum(cells[:, 3], y1) - np.maximum(cells[:, 1], y0), 0, None)
     area = (cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])
     assert np.all(ix * iy >= 0.5 * area - 1e-9)
+
+
+def assert_marks(adapter: Any, sample: Any) -> Any:
+    """encode(answer=True) marks the question, answer and last prompt token after the visual input."""
+    enc = adapter.encode(sample, answer=True)
+    decode = adapter.tokenizer.decode
+    ids = enc.inputs["input_ids"][0]
+    assert decode(ids[enc.question]) == sample.question
+    assert decode(ids[enc.answer]) == sample.answer
+    assert enc.prompt_end == enc.answer[0] - 1
+    assert enc.token_map.positions.max() < enc.question.min()
+    return enc

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from geometry_checks import assert_cells_cover_box, assert_cells_half_inside
+from geometry_checks import assert_cells_cover_box, assert_cells_half_inside, assert_marks
 from PIL import Image, ImageDraw
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -160,14 +160,8 @@ def test_encode_marks_question_prompt_end_and_answer(qwen_family: QwenVLAdapter)
     from corehead.data.synthetic import make_sample
 
     sample = make_sample("scenes", 0, 0)
-    enc = qwen_family.encode(sample, answer=True)
-    decode = qwen_family.tokenizer.decode
-    ids = enc.inputs["input_ids"][0]
-    assert decode(ids[enc.question]) == sample.question
-    assert decode(ids[enc.answer]) == sample.answer
-    assert enc.prompt_end == enc.answer[0] - 1
-    assert decode(ids[enc.prompt_end]).endswith("\n")
-    assert enc.token_map.positions.max() < enc.question.min()
+    enc = assert_marks(qwen_family, sample)
+    assert qwen_family.tokenizer.decode(enc.inputs["input_ids"][0][enc.prompt_end]).endswith("\n")
     no_answer = qwen_family.encode(sample)
     assert len(no_answer.answer) == 0 and no_answer.prompt_end == no_answer.length - 1
 
