@@ -106,8 +106,12 @@ def _load_samples(spec: str, n: int | None, seed: int, skip_invalid: bool) -> li
 def _load_model(
     name: str, trust_remote_code: bool = False, max_pixels: int | None = None, max_frames: int | None = None
 ) -> Any:
+    from transformers.utils import logging as hf_logging
+
     from corehead.models import load_model
 
+    if STATE["quiet"]:
+        hf_logging.disable_progress_bar()
     log(f"loading model {name} ...")
     return load_model(name, trust_remote_code=trust_remote_code, max_pixels=max_pixels, max_frames=max_frames)
 
