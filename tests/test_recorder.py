@@ -41,6 +41,7 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
     regions = [sample_region_tokens(s, e.token_map).indices for s, e in zip(samples, encoded, strict=True)]
     dists = [sample_region_tokens(s, e.token_map, s.distractors).indices for s, e in zip(samples, encoded, strict=True)]
     plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
+    plan.keep_maps = True
     with torch.no_grad():
         plain = model(**batch).logits
         with decoder_attention(model), record(plan):
@@ -58,10 +59,19 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
         shift = width - e.length
         after = np.arange(int(e.token_map.positions.max()) + 1, e.length)
         groups = {"all": after, "question": e.question, "prompt_end": np.array([e.prompt_end]), "answer": e.answer}
+        tm = e.token_map
         for layer in range(n_layers):
             attn = eager.attentions[layer][b].double().numpy()
             for h in range(attn.shape[0]):
                 for g, name in enumerate(ROW_GROUPS):
+                    rows = groups[name] + shift
+                    amap = attn[h][rows].mean(axis=0)[tm.positions + shift] if len(rows) else np.zeros(len(tm))
+                    np.testing.assert_allclose(plan.maps[layer][b, h, g, : len(tm)].double().numpy(), amap, atol=1e-6)
+                    per_unit = np.zeros(len(s.units))
+                    for j in range(len(tm)):  # a video token's mass is split evenly over its frames
+                        per_unit[tm.units[j] : tm.units[j] + tm.spans[j]] += amap[j] / tm.spans[j]
+                    got_units = plan.stats[layer][b, h, g, len(STATS) : len(STATS) + len(s.units)].double().numpy()
+                    np.testing.assert_allclose(got_units, per_unit, atol=1e-6, err_msg=f"unit mass b{b} l{layer} h{h}")
                     want = _reference(
                         attn[h],
                         groups[name] + shift,
@@ -70,7 +80,7 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
                         set(dists[b].tolist()),
                         len(s.distractors),
                     )
-                    got = plan.stats[layer][b, h, g].double().numpy()
+                    got = plan.stats[layer][b, h, g, : len(STATS)].double().numpy()
                     np.testing.assert_allclose(
                         got, want, rtol=1e-5, atol=1e-5, err_msg=f"{STATS} b{b} l{layer} h{h} {name}"
                     )

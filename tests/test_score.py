@@ -150,3 +150,25 @@ def test_correct_only_ranks_on_correctly_answered_samples(tiny_builtin: QwenVLAd
     assert np.allclose(correct.scores["mean"], expected.mean)
     assert (tmp_path / "heads.json").exists() and (tmp_path / "heads-correct.json").exists()
     assert HeadSet.load(tmp_path / "heads-correct.json").options["correct_only"] is True
+
+
+def test_unit_masses_and_maps_are_written_per_sample(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
+    """unit_mass sums to the visual mass; kept maps reproduce RAM and belong to the right sample."""
+    from corehead.experiments.score import load_maps
+
+    samples = [next(generate(d, 1, seed=8)) for d in ("scenes", "pages", "clips")]
+    run = score(tiny_builtin, samples, tmp_path, "maps", ScoreOptions(batch_size=2, maps=True))
+    rows = run.table.to_pylist()
+    for row in rows:
+        sample = next(s for s in samples if s.id == row["sample_id"])
+        assert len(row["unit_mass"]) == len(sample.units)
+        assert sum(row["unit_mass"]) == pytest.approx(row["visual_mass"], abs=1e-5)
+    for sample in samples:
+        maps = load_maps(tmp_path, sample.id)
+        n = maps["attention"].shape[-1]
+        assert maps["cells"].shape == (n, 4) and maps["region"].shape == (n,) and maps["region"].any()
+        ram = (maps["attention"].astype(np.float64) * maps["region"]).sum(-1)
+        for row in (r for r in rows if r["sample_id"] == sample.id and r["query"] == "question"):
+            assert ram[row["layer"], row["head"], 1] == pytest.approx(row["ram"], abs=2e-3)  # float16 maps
+    with pytest.raises(KeyError, match="no maps for sample"):
+        load_maps(tmp_path, "missing")

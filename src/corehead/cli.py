@@ -186,6 +186,9 @@ def score(
     correct_only: Annotated[
         bool, typer.Option("--correct-only", help="Also rank on correctly answered samples (heads-correct.json).")
     ] = False,
+    maps: Annotated[
+        bool, typer.Option("--maps", help="Also keep every head's attention map over the visual tokens (RUN/maps/).")
+    ] = False,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 4,
     as_json: JsonOpt = False,
@@ -202,7 +205,7 @@ def score(
     )
     adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
     group = query.replace("-", "_")
-    options = ScoreOptions(batch_size=batch_size)
+    options = ScoreOptions(batch_size=batch_size, maps=maps)
     with progress("scoring", len(samples)) as advance:
         headset, run = score_and_select(
             adapter, samples, out_dir, data, group, metric, fraction, count, options, on_progress=advance

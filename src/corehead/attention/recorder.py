@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from transformers import AttentionInterface
@@ -77,7 +78,12 @@ class RowPlan:
     rows [B, R] positions in the sequence (-1 = unused slot); row_groups [B, R, G] float weights that
     average rows into G groups (each column sums to 1 over a sample's rows, or is all 0 when the sample has
     no row in that group); visual [B, N] positions of visual tokens (-1 = unused); valid, region,
-    distractors [B, N] bool; n_distractors [B].
+    distractors [B, N] bool; n_distractors [B]; unit_weights [B, N, U]: the share of each token's mass
+    that goes to each unit (1 on its unit; a video token splits its mass evenly over the frames it covers).
+
+    Recorded per layer: `stats` [B, H, G, len(STATS) + U], the statistics of metrics/ram.py followed by
+    the attention mass on each unit; with `keep_maps`, also `maps` [B, H, G, N], the mass on every visual
+    token (per-cell maps for the report).
     """
 
     rows: torch.Tensor
@@ -87,9 +93,12 @@ class RowPlan:
     region: torch.Tensor
     distractors: torch.Tensor
     n_distractors: torch.Tensor
-    stats: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, len(STATS)]
+    unit_weights: torch.Tensor
+    stats: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, len(STATS) + U]
+    keep_maps: bool = False
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, N], with keep_maps
     record_decode: bool = False  # also record each generated token's row during generate
-    decode: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per decode step: layer -> [B, H, S]
+    decode: list[dict[int, torch.Tensor]] = field(default_factory=list)  # per decode step: layer -> [B, H, S+U]
 
 
 _PLAN: ContextVar[RowPlan | None] = ContextVar("corehead_plan", default=None)
@@ -114,7 +123,7 @@ def corehead_attention(
     layer = getattr(module, "layer_idx", None)
     if plan is not None and layer is not None:
         if query.shape[2] > 1:
-            plan.stats[int(layer)] = _record(plan, plan.rows, plan.row_groups, query, key, mask, scale)
+            plan.stats[int(layer)] = _record(plan, plan.rows, plan.row_groups, query, key, mask, scale, int(layer))
         elif plan.record_decode:  # one decode step: the row of the token generated last
             if not plan.decode or int(layer) in plan.decode[-1]:
                 plan.decode.append({})
@@ -179,9 +188,11 @@ def _record(
     key: torch.Tensor,
     mask: CompactMask,
     scale: float,
+    layer: int | None = None,
 ) -> torch.Tensor:
     """Post-softmax attention of query `rows` ([B, R] in the query block), averaged into `row_groups`
-    ([B, R, G]) and reduced to per-head statistics over the plan's visual tokens ([B, H, G, S])."""
+    ([B, R, G]) and reduced to per-head statistics and per-unit masses over the plan's visual tokens
+    ([B, H, G, S + U]); the maps themselves are kept for `layer` when the plan asks for them."""
     rows = rows.clamp_min(0)
     q = query.gather(2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
     groups = query.shape[1] // key.shape[1]
@@ -190,8 +201,12 @@ def _record(
     scores = scores.masked_fill(~mask.rows(rows, key.shape[2]), float("-inf"))
     probs = scores.softmax(-1).nan_to_num(0.0)  # unused row slots may see no key at all
     visual = probs.gather(-1, plan.visual.clamp_min(0)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
-    maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype))
-    return head_stats(maps, plan.valid, plan.region, plan.distractors, plan.n_distractors)
+    maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype)) * plan.valid[:, None, None, :]
+    if plan.keep_maps and layer is not None:
+        plan.maps[layer] = maps.cpu()
+    units = torch.einsum("bhgn,bnu->bhgu", maps, plan.unit_weights.to(maps.dtype))
+    stats = head_stats(maps, plan.valid, plan.region, plan.distractors, plan.n_distractors)
+    return torch.cat([stats, units], dim=-1)
 
 
 def register() -> None:
@@ -247,6 +262,7 @@ def plan_rows(
         per_groups.append(weights)
     n_rows = max(len(r) for r in per_rows)
     n_vis = max(len(e.token_map) for e in encoded)
+    n_units = max(int((e.token_map.units + e.token_map.spans).max(initial=0)) for e in encoded)
     batch = len(encoded)
     plan = RowPlan(
         rows=torch.full((batch, n_rows), -1, dtype=torch.long),
@@ -256,6 +272,7 @@ def plan_rows(
         region=torch.zeros(batch, n_vis, dtype=torch.bool),
         distractors=torch.zeros(batch, n_vis, dtype=torch.bool),
         n_distractors=torch.as_tensor(n_distractors, dtype=torch.long),
+        unit_weights=torch.zeros(batch, n_vis, n_units),
     )
     for b, e in enumerate(encoded):
         shift = width - e.length
@@ -266,4 +283,9 @@ def plan_rows(
         plan.valid[b, :n] = True
         plan.region[b, torch.as_tensor(regions[b], dtype=torch.long)] = True
         plan.distractors[b, torch.as_tensor(distractors[b], dtype=torch.long)] = True
+        tm = e.token_map
+        for i in range(int(tm.spans.max(initial=0))):
+            covers = torch.as_tensor(np.flatnonzero(tm.spans > i))
+            share = torch.as_tensor(1.0 / tm.spans[covers.numpy()], dtype=torch.float32)
+            plan.unit_weights[b, covers, torch.as_tensor(tm.units[covers.numpy()] + i)] = share
     return plan

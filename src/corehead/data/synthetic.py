@@ -6,8 +6,9 @@ distractors, and the question names that region by another attribute (a shape, a
 - scenes: one image, 6-10 shapes of distinct kinds; "What colour is the star?".
 - pages:  a 2-3 page document of key-value lines (a shape icon, then a digit); "Which number is next
           to the star?"; the region is that line on its page (its page is the page-level evidence).
-- clips:  8 frames at 1 fps in which three shapes move and change colour; "What colour is the star
-          between 2 and 4 seconds?"; the region is the star's box in each frame of that segment (a tube).
+- clips:  8 frames at 1 fps (160 px) in which three shapes (28-40 px, as in scenes) move and change
+          colour; "What colour is the star between 2 and 4 seconds?"; the region is the star's box in each
+          frame of that segment (a tube).
 
 Training and evaluation draw from disjoint random streams (`split`), so held-out samples are never
 seen in training. A `Scene` keeps every answerable fact of one generated input, which the trainer uses
@@ -52,7 +53,7 @@ SPLITS: dict[str, int] = {"eval": 0, "train": 1}
 
 SCENE_SIZE = 256
 PAGE_SIZE = (192, 256)
-CLIP_SIZE = 128
+CLIP_SIZE = 160
 CLIP_FRAMES = 8
 CLIP_FPS = 1.0
 SEGMENT_FRAMES = 2
@@ -272,9 +273,9 @@ def _clips(rng: np.random.Generator, source: str) -> Scene:
     names = list(COLOURS)
     colours = [[names[i] for i in rng.integers(0, len(names), size=n_seg)] for _ in range(n_obj)]
     lane = CLIP_SIZE / n_obj
-    sizes = [int(s) for s in rng.integers(24, 33, size=n_obj)]
+    sizes = [int(s) for s in rng.integers(28, 41, size=n_obj)]
     x = [float(rng.integers(2, CLIP_SIZE - s - 2)) for s in sizes]
-    vx = [float(rng.choice([-1, 1]) * rng.integers(4, 11)) for _ in range(n_obj)]
+    vx = [float(rng.choice([-1, 1]) * rng.integers(3, 9)) for _ in range(n_obj)]
     y = [o * lane + float(rng.integers(0, max(1, int(lane) - s))) for o, s in enumerate(sizes)]
     bg = _background(rng)
     units, boxes = [], []  # boxes[frame][object]

@@ -1,8 +1,10 @@
 """Score every decoder head by RAM over a dataset; results are written as they are produced, and resumable.
 
 RUN/results/part-*.parquet holds one row per (sample, layer, head, query group) with every statistic of
-metrics/ram.py; each part is written whole (temp file + rename), so an interrupted run loses at most the
-batch in flight, and a rerun skips the samples already there. RUN/manifest.json says what was run.
+metrics/ram.py and `unit_mass`, the attention mass on each of the sample's units (image, page or frame);
+each part is written whole (temp file + rename), so an interrupted run loses at most the batch in flight,
+and a rerun skips the samples already there. RUN/manifest.json says what was run. With `maps`, RUN/maps/
+part-*.safetensors keeps each sample's per-token attention maps and token cells for the report.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
 from corehead.data.sample import Sample
@@ -36,6 +40,7 @@ class ScoreOptions:
     answer: bool = True  # teacher-force the gold answer so its rows can be recorded
     generated: bool = False  # instead, generate an answer and record its tokens' rows ('generated' group)
     max_new_tokens: int = 16
+    maps: bool = False  # also keep every head's map over the visual tokens (RUN/maps/, see load_maps)
 
 
 @dataclass
@@ -96,8 +101,11 @@ def score(
     with decoder_attention(adapter.model):
         for start in range(0, len(todo), options.batch_size):
             chunk = todo[start : start + options.batch_size]
-            table, fell_back = _score_batch(adapter, chunk, options)
+            table, fell_back, maps = _score_batch(adapter, chunk, options)
             fallbacks += fell_back
+            if maps:  # before the results part: a sample with results always has its maps
+                (out / "maps").mkdir(exist_ok=True)
+                save_file(maps, str(out / "maps" / f"part-{part:05d}.safetensors"))
             tmp = out / "results" / f".part-{part:05d}.tmp"
             pq.write_table(table, tmp)
             tmp.rename(out / "results" / f"part-{part:05d}.parquet")
@@ -110,7 +118,21 @@ def score(
     return ScoreRun(table.filter(mask), fallbacks)
 
 
-def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions) -> tuple[pa.Table, int]:
+def load_maps(out: Path, sample_id: str) -> dict[str, np.ndarray]:
+    """One sample's maps from a run scored with `maps`: `attention` [layers, heads, groups, N] (mass on each
+    visual token per query group of ROW_GROUPS), `cells` [N, 4] (pixels in its unit), `units` [N], `region`
+    and `distractors` [N] bool."""
+    for path in sorted((out / "maps").glob("part-*.safetensors")):
+        with safe_open(str(path), framework="numpy") as f:
+            keys = [k for k in f.keys() if k.rsplit("/", 1)[0] == sample_id]  # noqa: SIM118 (not a dict)
+            if keys:
+                return {k.rsplit("/", 1)[1]: f.get_tensor(k) for k in keys}
+    raise KeyError(f"no maps for sample {sample_id!r} in {out}/maps (score with maps=True / --maps)")
+
+
+def _score_batch(
+    adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions
+) -> tuple[pa.Table, int, dict[str, torch.Tensor]]:
     encoded = [adapter.encode(s, answer=options.answer and not options.generated) for s in samples]
     batch = adapter.collate(encoded)
     width = int(batch["input_ids"].shape[1])
@@ -124,6 +146,7 @@ def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOpti
     plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
     device = adapter.model.device
     inputs = {k: v.to(device) for k, v in batch.items()}
+    plan.keep_maps = options.maps
     groups = list(ROW_GROUPS)
     with torch.no_grad(), record(plan):
         if options.generated:
@@ -150,10 +173,22 @@ def _score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOpti
         "head": idx[2].astype(np.int16),
         "query": [groups[g] for g in idx[3]],
     }
-    flat = stats.reshape(-1, len(STATS)).numpy()
+    flat = stats[..., : len(STATS)].reshape(-1, len(STATS)).numpy()
     for k, name in enumerate(STATS):
         columns[name] = flat[:, k].astype(np.float32)
-    return pa.table(columns), fallbacks
+    units = stats[..., len(STATS) :].reshape(len(idx[0]), -1).numpy().astype(np.float32)
+    columns["unit_mass"] = [units[r, : len(samples[b].units)] for r, b in enumerate(idx[0])]
+    maps: dict[str, torch.Tensor] = {}
+    if options.maps:
+        attention = torch.stack([plan.maps[layer] for layer in sorted(plan.maps)], dim=1)  # [B, L, H, G, N]
+        for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
+            n = len(e.token_map)
+            maps[f"{s.id}/attention"] = attention[b, ..., :n].to(torch.float16).contiguous()
+            maps[f"{s.id}/cells"] = torch.from_numpy(e.token_map.cells.astype(np.float32))
+            maps[f"{s.id}/units"] = torch.from_numpy(e.token_map.units.astype(np.int64))
+            maps[f"{s.id}/region"] = plan.region[b, :n].clone()
+            maps[f"{s.id}/distractors"] = plan.distractors[b, :n].clone()
+    return pa.table(columns), fallbacks, maps
 
 
 def _generated_stats(plan: Any, new_tokens: torch.Tensor, end_token: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ class TrainConfig:
     compact_start: float = 0.8  # share of one-hop sequences early in training
     compact_end: float = 0.25
     curriculum_steps: tuple[int, int] = (2000, 3500)
-    domain_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # how often each of DOMAINS is drawn
+    domain_weights: tuple[float, ...] = (1.0, 2.0, 2.0)  # how often each of DOMAINS is drawn
     init: str | None = None  # start from these weights ('builtin' or a folder) instead of random ones
     eval_every: int = 250
     eval_n: int = 50  # held-out samples per domain at each evaluation
@@ -112,7 +112,7 @@ def _cell_labels(scene: Scene, token_map: VisualTokenMap) -> np.ndarray:
             np.minimum(c[:, 3], y1) - np.maximum(c[:, 1], y0), 0, None
         )
         centre = (c[:, 0] <= cx) & (cx < c[:, 2]) & (c[:, 1] <= cy) & (cy < c[:, 3])
-        hit = (token_map.units == thing.unit) & (centre | (inter >= 0.2 * area))
+        hit = token_map.covers_unit(thing.unit) & (centre | (inter >= 0.2 * area))
         labels[hit] = (SHAPES.index(thing.shape) + 1, VALUES.index(thing.value) + 1)
     return labels
 
