@@ -87,51 +87,14 @@ def test_headset_selection_exports_and_overlap(tiny_builtin: QwenVLAdapter, tmp_
 
 def test_planted_head_ranks_first(tiny_qwen2_vl: QwenVLAdapter, tmp_path: Path) -> None:
     """Set one head's query/key weights so that it attends to the region's tokens: it must rank first."""
-    import copy
+    from planted import HEAD, plant_head, square_samples
 
-    import torch
-    from PIL import Image, ImageDraw
-
-    from corehead.data.sample import Region, Sample, VisualUnit
-
-    adapter = copy.copy(tiny_qwen2_vl)
-    adapter.model = copy.deepcopy(tiny_qwen2_vl.model)
-    samples = []
-    rng = np.random.default_rng(0)
-    for i in range(6):  # a red square at a random place on black; the region is the square
-        img = Image.new("RGB", (224, 224))
-        x, y = (int(v) for v in rng.integers(0, 6, size=2) * 28)
-        ImageDraw.Draw(img).rectangle((x, y, x + 55, y + 55), fill=(230, 20, 20))
-        unit = VisualUnit("image", f"red{i}", 224, 224, image=img)
-        samples.append(Sample(f"s{i}", [unit], "Where is the red square?", "here", [Region(0, (x, y, x + 56, y + 56))]))
-    text_model = adapter.model.model.language_model
-    attn = text_model.layers[0].self_attn
-    # what the layer-0 keys are computed from, at region tokens and at the other tokens
-    seen: list[torch.Tensor] = []
-    hook = text_model.layers[0].input_layernorm.register_forward_hook(lambda m, i, o: seen.append(o[0]))
-    enc = adapter.encode(samples[0])
-    with torch.no_grad():
-        adapter.model(**enc.inputs)
-    hook.remove()
-    from corehead.models.base import sample_region_tokens
-
-    region = enc.token_map.positions[sample_region_tokens(samples[0], enc.token_map).indices]
-    others = np.setdiff1d(np.arange(enc.length), region)
-    direction = seen[0][region].mean(0) - seen[0][others].mean(0)
-    direction = direction / direction.norm()
-    head, dim = 3, attn.head_dim // 2 - 1  # the slowest rotary frequency: position barely matters
-    kv = head // (attn.config.num_attention_heads // attn.config.num_key_value_heads)
-    with torch.no_grad():
-        attn.k_proj.weight[kv * attn.head_dim : (kv + 1) * attn.head_dim] = 0
-        attn.k_proj.bias[kv * attn.head_dim : (kv + 1) * attn.head_dim] = 0
-        attn.k_proj.weight[kv * attn.head_dim + dim] = 40 * direction
-        attn.q_proj.weight[head * attn.head_dim : (head + 1) * attn.head_dim] = 0
-        attn.q_proj.bias[head * attn.head_dim : (head + 1) * attn.head_dim] = 0
-        attn.q_proj.bias[head * attn.head_dim + dim] = 40.0
+    samples = square_samples(6)
+    adapter = plant_head(tiny_qwen2_vl, samples[0])
     run = score(adapter, samples, tmp_path / "planted", "planted", ScoreOptions(batch_size=3))
     scores = HeadScores.from_table(run.table, metric="ram", query="all")
-    assert scores.ranking()[0] == (0, head)
-    assert scores.mean[0, head] > 0.5 and scores.mean[0, head] > 3 * np.delete(scores.mean.ravel(), head).max()
+    assert scores.ranking()[0] == (0, HEAD)
+    assert scores.mean[0, HEAD] > 0.5 and scores.mean[0, HEAD] > 3 * np.delete(scores.mean.ravel(), HEAD).max()
 
 
 def test_correct_only_ranks_on_correctly_answered_samples(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:

@@ -308,9 +308,27 @@ def ablate(
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (ablation.jsonl, ablation.json).")] = Path(
         "runs/ablate"
     ),
-    k: Annotated[list[int] | None, typer.Option("--k", help="Heads ablated per condition (repeatable).")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="Random control sets per k.")] = 3,
-    mode: Annotated[str, typer.Option("--mode", help="zero or mean ablation.")] = "zero",
+    k: Annotated[str, typer.Option("--k", help="Heads cut per condition: shares of all heads and/or counts.")] = (
+        "1%,2%,5%,10%,20%"
+    ),
+    controls: Annotated[str, typer.Option("--controls", help="Same-size controls: bottom, random or both.")] = (
+        "bottom,random"
+    ),
+    seeds: Annotated[int, typer.Option("--seeds", help="Random control sets per k.")] = 5,
+    mode: Annotated[
+        str, typer.Option("--mode", help="zero, mean, query-zero (legacy), mask-visual or mask-region.")
+    ] = "zero",
+    rankings: Annotated[
+        str | None,
+        typer.Option(
+            "--rankings",
+            help="Also cut the top-k of these rankings from the scoring run, e.g. "
+            "question,answer,ram_minus_distractor:all (metric:query; a bare query means RAM).",
+        ),
+    ] = None,
+    user_heads: Annotated[
+        str | None, typer.Option("--user-heads", help="Also cut this head set, e.g. 2-5,3-0 (layer-head).")
+    ] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many samples.")] = None,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
@@ -318,20 +336,29 @@ def ablate(
     skip_invalid: SkipOpt = False,
     trust_remote_code: TrustOpt = False,
 ) -> None:
-    """Ablate the top-k heads and same-size bottom and random controls; paired effects with 95% CIs."""
+    """Cut the top-k heads and same-size bottom and random controls; paired effects with 95% CIs."""
     from corehead.experiments.ablate import ablate as run_ablate
-    from corehead.experiments.ablate import conditions, summarize
+    from corehead.experiments.ablate import parse_k, plan_conditions, summarize
+    from corehead.experiments.score import run_rankings
     from corehead.heads import HeadSet
 
     headset = HeadSet.load(heads / "heads.json" if heads.is_dir() else heads)
-    ks = k or [max(1, round(0.05 * len(headset.ranking)))]
+    ks = parse_k(k, len(headset.ranking))
+    chosen = {f"{headset.metric}:{headset.query}": headset.ranking}
+    if rankings:
+        extra = run_rankings(heads if heads.is_dir() else heads.parent, [r.strip() for r in rankings.split(",")])
+        chosen.update({name: r for name, r in extra.items() if name not in chosen})
+    user = _parse_heads(user_heads) if user_heads else None
+    kinds = tuple(c.strip() for c in controls.split(",") if c.strip())
     samples = _load_samples(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
     adapter = _load_model(model, trust_remote_code)
-    total = len(samples) * len(conditions(headset, ks, seeds))
+    total = len(samples) * len(plan_conditions(chosen, ks, seeds, kinds, user))
     with progress("answering under ablations", total) as advance:
-        rows = run_ablate(adapter, samples, headset, out_dir, ks, seeds, mode, batch_size, on_progress=advance)
+        rows = run_ablate(
+            adapter, samples, chosen, out_dir, ks, seeds, mode, kinds, user, batch_size, on_progress=advance
+        )
     table = summarize(rows)
     (out_dir / "ablation.json").write_text(
         json.dumps({"heads": str(heads), "mode": mode, "conditions": table}, indent=2)
@@ -339,21 +366,41 @@ def ablate(
     if as_json:
         emit_json({"mode": mode, "conditions": table})
         return
-    view = Table(title=f"{mode} ablation of {headset.metric}-ranked heads ({len(samples)} samples)")
-    for col in ("condition", "k", "accuracy", "Δ accuracy [95% CI]", "Δ answer log-prob [95% CI]"):
+    _print_ablation(table, f"{mode} ablation ({len(samples)} samples)")
+    log(f"results: {out_dir}/ (ablation.jsonl, ablation.json)")
+
+
+def _parse_heads(spec: str) -> list[tuple[int, int]]:
+    """'2-5,3-0' -> [(2, 5), (3, 0)]."""
+    try:
+        return [(int(a), int(b)) for a, b in (p.strip().split("-") for p in spec.split(",") if p.strip())]
+    except ValueError:
+        raise ValueError(f"heads are written layer-head, comma separated (e.g. 2-5,3-0); got {spec!r}") from None
+
+
+def _print_ablation(table: list[dict[str, Any]], title: str) -> None:
+    view = Table(title=title)
+    columns = ("ranking", "condition", "k", "accuracy", "Δ accuracy [95% CI]", "p", "top − random [95% CI]")
+    for col in (*columns, "Δ answer log-prob [95% CI]"):
         view.add_column(col, justify="right")
     for row in table:
         lo, hi = row["delta_accuracy_ci"]
         lo_lp, hi_lp = row["delta_logprob_ci"]
+        vs = ""
+        if "vs_random" in row:
+            vlo, vhi = row["vs_random_ci"]
+            vs = f"{row['vs_random']:+.3f} [{vlo:+.3f}, {vhi:+.3f}]"
         view.add_row(
+            row["ranking"],
             row["condition"],
             str(row["k"]),
             f"{row['accuracy']:.3f}",
             f"{row['delta_accuracy']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+            f"{row['p_value']:.3g}",
+            vs,
             f"{row['delta_logprob']:+.2f} [{lo_lp:+.2f}, {hi_lp:+.2f}]",
         )
     out.print(view)
-    log(f"results: {out_dir}/ (ablation.jsonl, ablation.json)")
 
 
 @app.command()
@@ -362,9 +409,10 @@ def demo(
     seed: SeedOpt = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the demo's results.")] = Path("runs/demo"),
     n_score: Annotated[int, typer.Option("--n-score", help="Samples per domain scored for CoRe heads.")] = 40,
+    n_ablate: Annotated[int, typer.Option("--n-ablate", help="Samples per domain in the ablation sweep.")] = 40,
     as_json: JsonOpt = False,
 ) -> None:
-    """End to end on the built-in model: accuracy per synthetic domain, then its CoRe heads per domain."""
+    """End to end on the built-in model: accuracy per domain, its CoRe heads, and whether cutting them hurts."""
     from corehead.data import synthetic
 
     samples = [s for domain in synthetic.DOMAINS for s in synthetic.generate(domain, n, seed=seed)]
@@ -393,6 +441,27 @@ def demo(
             )
         heads[domain] = headset
     summary["core_heads"] = {d: h.selected for d, h in heads.items()}
+    from corehead.experiments.ablate import ablate, parse_k, plan_conditions, summarize
+
+    sweep = {}
+    for domain, headset in heads.items():
+        chosen = [s for s in samples if s.domain == domain][:n_ablate]
+        ks = parse_k("5%,10%", len(headset.ranking))
+        plan = plan_conditions({"ram:all": headset.ranking}, ks, seeds=3)
+        with progress(f"ablating heads on {domain}", len(chosen) * len(plan)) as advance:
+            rows = ablate(
+                adapter,
+                chosen,
+                headset,
+                out_dir / f"ablate-{domain}",
+                ks,
+                seeds=3,
+                batch_size=32,
+                max_new_tokens=4,
+                on_progress=advance,
+            )
+        sweep[domain] = summarize(rows)
+    summary["ablation"] = sweep
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         emit_json(summary)
@@ -410,7 +479,36 @@ def demo(
             ", ".join(map(str, layers)),
         )
     out.print(table)
-    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/heads.json)")
+    _print_sweep(sweep, n_ablate)
+    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/heads.json, ablate-*/)")
+
+
+def _print_sweep(sweep: dict[str, list[dict[str, Any]]], n: int) -> None:
+    """Per domain and k: accuracy with the top-k, bottom-k and random-k heads zeroed (drops with 95% CIs)."""
+    table = Table(title=f"zeroing heads ({n} samples per domain; Δ vs the full model, 95% CI)")
+    for col in ("domain", "k", "full model", "top-k", "bottom-k", "random-k (mean of 3)", "top − random"):
+        table.add_column(col, justify="right")
+
+    def cell(row: dict[str, Any]) -> str:
+        lo, hi = row["delta_accuracy_ci"]
+        return f"{row['accuracy']:.2f} ({row['delta_accuracy']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
+
+    for domain, rows in sweep.items():
+        full = next(r for r in rows if r["condition"] == "none")
+        for k in sorted({r["k"] for r in rows if r["k"]}):
+            at = {r["condition"]: r for r in rows if r["k"] == k}
+            random = [r["accuracy"] for name, r in at.items() if name.startswith("random-")]
+            lo, hi = at["top"].get("vs_random_ci", [float("nan")] * 2)
+            table.add_row(
+                domain,
+                str(k),
+                f"{full['accuracy']:.2f}",
+                cell(at["top"]),
+                cell(at["bottom"]),
+                f"{sum(random) / len(random):.2f}",
+                f"{at['top'].get('vs_random', float('nan')):+.2f} [{lo:+.2f}, {hi:+.2f}]",
+            )
+    out.print(table)
 
 
 @data_app.command("show")

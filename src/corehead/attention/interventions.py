@@ -3,6 +3,9 @@
 - `HeadAblation` cuts heads at their contribution: the head's slice of the o_proj input is zeroed, or set
   to its mean over a reference set (`head_means`). A forward pre-hook on each targeted layer's o_proj does
   it, so it works under any attention implementation; hooks are removed on exit, even on error.
+- `QueryZero` zeroes heads' queries (a forward hook on q_proj), so they attend uniformly to every key
+  they may see: the legacy ablation of Retrieval Head and SparseMM, kept for comparability with their
+  numbers (the head still writes an average of all values, so it is not a removal).
 - `AttentionKnockout` forbids heads to attend to chosen keys (all visual tokens, or the region's tokens):
   inside corehead's registered attention function, those heads are recomputed with the keys masked.
 """
@@ -33,6 +36,25 @@ def _head_dim(attn: Any) -> int:
     return int(getattr(attn, "head_dim", attn.o_proj.in_features // attn.config.num_attention_heads))
 
 
+def _targets(model: Any, heads: tuple[Head, ...]) -> list[tuple[int, Any, list[int]]]:
+    """(layer, its attention module, its targeted heads) per layer, after checking every index exists."""
+    layers = decoder_layers(model)
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"layer {layer} does not exist (the decoder has {len(layers)})")
+        by_layer.setdefault(layer, []).append(head)
+    out = []
+    for layer, chosen in sorted(by_layer.items()):
+        attn = layers[layer].self_attn
+        n_heads = attn.o_proj.in_features // _head_dim(attn)
+        bad = [h for h in chosen if not 0 <= h < n_heads]
+        if bad:
+            raise ValueError(f"heads {bad} do not exist in layer {layer} ({n_heads} heads)")
+        out.append((layer, attn, sorted(set(chosen))))
+    return out
+
+
 @dataclass(frozen=True)
 class HeadAblation:
     """Replace the output of `heads` before o_proj: by zeros, or by their mean over a reference set."""
@@ -51,21 +73,9 @@ class HeadAblation:
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[None]:
-        layers = decoder_layers(model)
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in self.heads:
-            if not 0 <= layer < len(layers):
-                raise ValueError(f"layer {layer} does not exist (the decoder has {len(layers)})")
-            by_layer.setdefault(layer, []).append(head)
         with ExitStack() as stack:
-            for layer, heads in by_layer.items():
-                attn = layers[layer].self_attn
-                dim = _head_dim(attn)
-                n_heads = attn.o_proj.in_features // dim
-                bad = [h for h in heads if not 0 <= h < n_heads]
-                if bad:
-                    raise ValueError(f"heads {bad} do not exist in layer {layer} ({n_heads} heads)")
-                hook = attn.o_proj.register_forward_pre_hook(self._hook(layer, sorted(heads), dim))
+            for layer, attn, heads in _targets(model, self.heads):
+                hook = attn.o_proj.register_forward_pre_hook(self._hook(layer, heads, _head_dim(attn)))
                 stack.callback(hook.remove)
             yield
 
@@ -80,6 +90,29 @@ class HeadAblation:
             return (x.flatten(-2), *args[1:])
 
         return replace
+
+
+@dataclass(frozen=True)
+class QueryZero:
+    """Zero `heads`' queries: their attention becomes uniform over the keys they may see (legacy mode)."""
+
+    heads: tuple[Head, ...]
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[None]:
+        with ExitStack() as stack:
+            for _, attn, heads in _targets(model, self.heads):
+                if not hasattr(attn, "q_proj"):
+                    raise ValueError(f"{type(attn).__name__} has no q_proj: query-zero cannot reach its heads")
+                dim = _head_dim(attn)
+
+                def zero(module: Any, args: Any, out: torch.Tensor, heads: list[int] = heads, dim: int = dim) -> Any:
+                    out = out.view(*out.shape[:-1], -1, dim).clone()
+                    out[..., heads, :] = 0  # a zero query stays zero through q_norm and rotary embedding
+                    return out.flatten(-2)
+
+                stack.callback(attn.q_proj.register_forward_hook(zero).remove)
+            yield
 
 
 @torch.no_grad()

@@ -119,26 +119,31 @@ def corehead_attention(
         raise TypeError(f"corehead attention needs its own mask entry, got {type(attention_mask).__name__}")
     mask = attention_mask or CompactMask(None, key.shape[2] - query.shape[2], 0)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    plan = _PLAN.get()
     layer = getattr(module, "layer_idx", None)
+    spec = active_knockout()
+    heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
+    forbid = None
+    if heads:  # the keys the knocked-out heads may not see
+        assert spec is not None
+        forbid = torch.zeros(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+        span = min(spec.keys.shape[1], key.shape[2])
+        forbid[:, :span] = spec.keys[:, :span].to(key.device)
+    blocked = (heads, forbid) if forbid is not None else None
+    plan = _PLAN.get()
     if plan is not None and layer is not None:
         if query.shape[2] > 1:
-            plan.stats[int(layer)] = _record(plan, plan.rows, plan.row_groups, query, key, mask, scale, int(layer))
+            plan.stats[int(layer)] = _record(
+                plan, plan.rows, plan.row_groups, query, key, mask, scale, int(layer), blocked
+            )
         elif plan.record_decode:  # one decode step: the row of the token generated last
             if not plan.decode or int(layer) in plan.decode[-1]:
                 plan.decode.append({})
             ones = torch.ones(query.shape[0], 1, 1, device=query.device)
             rows = torch.zeros(query.shape[0], 1, dtype=torch.long, device=query.device)
-            plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale)[:, :, 0]
+            plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale, None, blocked)[:, :, 0]
     dropout = dropout if module.training else 0.0
     out = _sdpa(query, key, value, mask, scale, dropout)
-    spec = active_knockout()
-    heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
-    if heads:  # recompute the knocked-out heads with their forbidden keys masked
-        assert spec is not None
-        forbid = torch.zeros(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
-        span = min(spec.keys.shape[1], key.shape[2])
-        forbid[:, :span] = spec.keys[:, :span].to(key.device)
+    if forbid is not None:  # recompute the knocked-out heads with their forbidden keys masked
         keep = ~forbid if mask.keep is None else mask.keep & ~forbid
         groups = query.shape[1] // key.shape[1]
         kv = [h // groups for h in heads]
@@ -189,16 +194,21 @@ def _record(
     mask: CompactMask,
     scale: float,
     layer: int | None = None,
+    blocked: tuple[list[int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Post-softmax attention of query `rows` ([B, R] in the query block), averaged into `row_groups`
     ([B, R, G]) and reduced to per-head statistics and per-unit masses over the plan's visual tokens
-    ([B, H, G, S + U]); the maps themselves are kept for `layer` when the plan asks for them."""
+    ([B, H, G, S + U]); the maps themselves are kept for `layer` when the plan asks for them. `blocked`
+    (heads, [B, Lk] forbidden keys) is an active knockout: those heads' rows are recorded as they run."""
     rows = rows.clamp_min(0)
     q = query.gather(2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
     groups = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B, H, R, Lk]
     scores = scores.masked_fill(~mask.rows(rows, key.shape[2]), float("-inf"))
+    if blocked is not None:
+        heads, forbid = blocked
+        scores[:, heads] = scores[:, heads].masked_fill(forbid[:, None, None, :], float("-inf"))
     probs = scores.softmax(-1).nan_to_num(0.0)  # unused row slots may see no key at all
     visual = probs.gather(-1, plan.visual.clamp_min(0)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
     maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype)) * plan.valid[:, None, None, :]

@@ -1,17 +1,25 @@
-"""Causal test of a head set: ablate the top-k heads and same-size controls, measure the damage with CIs.
+"""Causal test of head rankings: cut the top-k heads and same-size controls, measure the damage honestly.
 
-Conditions for each k: `none` (the model as is), `top` (the k best-ranked heads), `bottom` (the k
-worst-ranked), and `random-s` for each seed s (k heads drawn uniformly from outside the top k). Every
-sample is answered under every condition; rows (condition, k, sample, correct, gold answer log-prob)
-are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows already there. Effects are
-paired differences against `none`, with 95% bootstrap intervals over samples.
+Conditions: `none` (the model as is); for each k, `top` (the k best-ranked heads), `bottom` (the k
+worst-ranked) and `random-s` for each seed s (k heads drawn uniformly from outside the top k, so never a
+top head); `user` (a given head set). Several rankings can be compared causally (RAM on question rows vs
+answer rows, RAM minus distractor mass, ...): each contributes its top-k; the controls come from the first.
+
+Modes, how a head is cut: `zero` / `mean` (its slice of the o_proj input), `query-zero` (the legacy
+uniform-attention ablation of Retrieval Head and SparseMM), `mask-visual` / `mask-region` (it may not
+attend to any visual token / to the sample's region tokens; renormalised over the rest).
+
+Every sample is answered under every condition; rows (ranking, condition, k, sample, prediction, correct,
+gold-answer log-prob) are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows already
+there. Effects are paired differences against `none` (and, for top-k, against the mean of the same-k random
+controls) with 95% bootstrap intervals and a paired sign-flip permutation test.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,52 +27,120 @@ from typing import Any
 import numpy as np
 import torch
 
-from corehead.attention.interventions import Head, HeadAblation, head_means
+from corehead.attention.interventions import AttentionKnockout, Head, HeadAblation, QueryZero, head_means, knockout
+from corehead.attention.recorder import decoder_attention
 from corehead.data.sample import Sample
 from corehead.heads import HeadSet
-from corehead.metrics.stats import bootstrap_mean_ci
+from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
 from corehead.metrics.tasks import exact_match
-from corehead.models.base import ChatAdapter
+from corehead.models.base import ChatAdapter, Encoded, sample_region_tokens
+
+MODES: tuple[str, ...] = ("zero", "mean", "query-zero", "mask-visual", "mask-region")
+CONTROLS: tuple[str, ...] = ("bottom", "random")
+SWEEP = "1%,2%,5%,10%,20%"
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One ablation: a name (none, top, bottom, random-S), the number of heads k, and the heads."""
+    """One ablation: which ranking chose the heads, a name (none, top, bottom, random-S, user), k, the heads."""
 
+    ranking: str
     name: str
     k: int
     heads: tuple[Head, ...]
 
 
-def conditions(headset: HeadSet, ks: list[int], seeds: int = 3) -> list[Condition]:
-    """Baseline, then top-k, bottom-k and `seeds` random-k drawn outside the top k, for each k."""
-    out = [Condition("none", 0, ())]
+def parse_k(spec: str, n_heads: int) -> list[int]:
+    """'1%,2%,5%' (shares of all n_heads, at least one head each) or '3,6' (counts): sorted distinct counts."""
+    ks = set()
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        try:
+            k = max(1, round(float(part[:-1]) / 100 * n_heads)) if part.endswith("%") else int(part)
+        except ValueError:
+            raise ValueError(f"k takes head counts or percentages such as 1%,5%,3; got {part!r}") from None
+        if not 0 < k < n_heads:
+            raise ValueError(f"k must be between 1 and {n_heads - 1} heads, got {part}")
+        ks.add(k)
+    if not ks:
+        raise ValueError("no k given")
+    return sorted(ks)
+
+
+def conditions(
+    ranking: list[Head], ks: list[int], seeds: int = 5, controls: tuple[str, ...] = CONTROLS, name: str = "ram:all"
+) -> list[Condition]:
+    """For each k: top-k, then the controls asked for: bottom-k, `seeds` random-k drawn outside the top k."""
+    unknown = set(controls) - set(CONTROLS)
+    if unknown:
+        raise ValueError(f"controls must be among {', '.join(CONTROLS)}; got {', '.join(sorted(unknown))}")
+    out = []
     for k in ks:
-        if not 0 < k < len(headset.ranking):
-            raise ValueError(f"k must be between 1 and {len(headset.ranking) - 1}, got {k}")
-        top = tuple(headset.ranking[:k])
-        out.append(Condition("top", k, top))
-        out.append(Condition("bottom", k, tuple(headset.ranking[-k:])))
-        outside = headset.ranking[k:]
-        for seed in range(seeds):
-            pick = np.random.default_rng([seed, k]).choice(len(outside), size=k, replace=False)
-            out.append(Condition(f"random-{seed}", k, tuple(outside[int(i)] for i in sorted(pick))))
+        if not 0 < k < len(ranking):
+            raise ValueError(f"k must be between 1 and {len(ranking) - 1}, got {k}")
+        out.append(Condition(name, "top", k, tuple(ranking[:k])))
+        if "bottom" in controls:
+            out.append(Condition(name, "bottom", k, tuple(ranking[-k:])))
+        if "random" in controls:
+            outside = ranking[k:]
+            for seed in range(seeds):
+                pick = np.random.default_rng([seed, k]).choice(len(outside), size=k, replace=False)
+                out.append(Condition(name, f"random-{seed}", k, tuple(outside[int(i)] for i in sorted(pick))))
     return out
 
 
+def plan_conditions(
+    rankings: dict[str, list[Head]],
+    ks: list[int],
+    seeds: int = 5,
+    controls: tuple[str, ...] = CONTROLS,
+    user: list[Head] | None = None,
+) -> list[Condition]:
+    """The whole experiment: none, the user's set, each ranking's top-k; controls from the first ranking."""
+    out = [Condition("", "none", 0, ())]
+    if user:
+        out.append(Condition("", "user", len(user), tuple(user)))
+    for i, (name, ranking) in enumerate(rankings.items()):
+        out += conditions(ranking, ks, seeds, controls if i == 0 else (), name)
+    return out
+
+
+def _forbidden(samples: list[Sample], encoded: list[Encoded], mode: str) -> torch.Tensor:
+    """[B, width] keys barred in the mask-* modes: every visual token, or the sample's region tokens."""
+    width = max(e.length for e in encoded)
+    forbid = torch.zeros(len(encoded), width, dtype=torch.bool)
+    for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
+        tokens = np.arange(len(e.token_map)) if mode == "mask-visual" else sample_region_tokens(s, e.token_map).indices
+        forbid[b, torch.as_tensor(e.token_map.positions[tokens] + width - e.length)] = True
+    return forbid
+
+
 @contextmanager
-def _applied(condition: Condition, model: Any, mode: str, means: dict[int, torch.Tensor]) -> Iterator[None]:
-    if not condition.heads:
-        yield
-        return
-    with HeadAblation(condition.heads, mode=mode, means=means).apply(model):  # type: ignore[arg-type]
+def intervened(
+    model: Any,
+    mode: str,
+    heads: tuple[Head, ...],
+    means: dict[int, torch.Tensor] | None = None,
+    forbid: torch.Tensor | None = None,
+) -> Iterator[None]:
+    """Cut `heads` in `mode` for the forwards run inside; `forbid` ([B, L] bool) for the mask-* modes."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    with ExitStack() as stack:
+        if heads and mode in ("zero", "mean"):
+            stack.enter_context(HeadAblation(heads, mode=mode, means=means or {}).apply(model))  # type: ignore[arg-type]
+        elif heads and mode == "query-zero":
+            stack.enter_context(QueryZero(heads).apply(model))
+        elif heads:
+            if forbid is None:
+                raise ValueError(f"mode {mode} needs the forbidden keys of the batch")
+            stack.enter_context(decoder_attention(model))
+            stack.enter_context(knockout(AttentionKnockout(heads, forbid.to(model.device))))
         yield
 
 
 @torch.no_grad()
-def _answer_logprob(adapter: ChatAdapter, samples: list[Sample]) -> list[float]:
+def _answer_logprob(adapter: ChatAdapter, encoded: list[Encoded]) -> list[float]:
     """Log-probability of each gold answer (its tokens and the end of turn), teacher-forced."""
-    encoded = [adapter.encode(s, answer=True) for s in samples]
     batch = adapter.collate(encoded)
     logits = adapter.model(**{k: v.to(adapter.model.device) for k, v in batch.items()}).logits.float()
     logp = logits.log_softmax(-1)
@@ -77,95 +153,136 @@ def _answer_logprob(adapter: ChatAdapter, samples: list[Sample]) -> list[float]:
     return out
 
 
-def ablate(
+def _answer(
     adapter: ChatAdapter,
     samples: list[Sample],
-    headset: HeadSet,
-    out: Path,
-    ks: list[int],
-    seeds: int = 3,
-    mode: str = "zero",
-    batch_size: int = 8,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "ablation.jsonl"
-    done: set[tuple[str, int, str]] = set()
-    rows: list[dict[str, Any]] = []
+    condition: Condition,
+    mode: str,
+    means: dict[int, torch.Tensor],
+    max_new_tokens: int,
+) -> tuple[list[str], list[float]]:
+    """Greedy answers and gold-answer log-probs of a batch with the condition's heads cut."""
+    masked = mode.startswith("mask-")
+    prompts = [adapter.encode(s) for s in samples]
+    with intervened(
+        adapter.model, mode, condition.heads, means, _forbidden(samples, prompts, mode) if masked else None
+    ):
+        answers = adapter.generate_encoded(prompts, max_new_tokens)
+    forced = [adapter.encode(s, answer=True) for s in samples]
+    with intervened(adapter.model, mode, condition.heads, means, _forbidden(samples, forced, mode) if masked else None):
+        logps = _answer_logprob(adapter, forced)
+    return answers, logps
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows already written (a torn last line is dropped and redone); the file is rewritten without it."""
+    rows: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line: redone
-            key = (row["condition"], row["k"], row["id"])
-            if key not in done:
-                done.add(key)
-                rows.append(row)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    means = (
-        head_means(adapter.model, [adapter.collate([adapter.encode(s) for s in samples[:batch_size]])])
-        if mode == "mean"
-        else {}
-    )
+                continue
+            rows.setdefault((row["ranking"], row["condition"], row["k"], row["id"]), row)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    return list(rows.values())
+
+
+def ablate(
+    adapter: ChatAdapter,
+    samples: list[Sample],
+    rankings: HeadSet | dict[str, list[Head]],
+    out: Path,
+    ks: list[int],
+    seeds: int = 5,
+    mode: str = "zero",
+    controls: tuple[str, ...] = CONTROLS,
+    user: list[Head] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if isinstance(rankings, HeadSet):
+        rankings = {f"{rankings.metric}:{rankings.query}": rankings.ranking}
+    plan = plan_conditions(rankings, ks, seeds, controls, user)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "ablation.jsonl"
+    rows = _read_rows(path)
+    done = {(r["ranking"], r["condition"], r["k"], r["id"]) for r in rows}
+    means: dict[int, torch.Tensor] = {}
+    if mode == "mean":  # each head's mean output over reference samples (the first batch)
+        reference = adapter.collate([adapter.encode(s) for s in samples[:batch_size]])
+        means = head_means(adapter.model, [{k: v.to(adapter.model.device) for k, v in reference.items()}])
     with path.open("a") as handle:
-        for condition in conditions(headset, ks, seeds):
-            todo = [s for s in samples if (condition.name, condition.k, s.id) not in done]
-            with _applied(condition, adapter.model, mode, means):
-                for start in range(0, len(todo), batch_size):
-                    chunk = todo[start : start + batch_size]
-                    answers = adapter.generate(chunk, max_new_tokens=16)
-                    logps = _answer_logprob(adapter, chunk)
-                    for sample, answer, logp in zip(chunk, answers, logps, strict=True):
-                        row = {
-                            "condition": condition.name,
-                            "k": condition.k,
-                            "id": sample.id,
-                            "heads": [list(h) for h in condition.heads],
-                            "prediction": answer,
-                            "correct": exact_match(answer, sample.answer),
-                            "answer_logprob": logp,
-                        }
-                        handle.write(json.dumps(row) + "\n")
-                        rows.append(row)
-                    handle.flush()
-                    if on_progress is not None:
-                        on_progress(len(chunk))
+        for condition in plan:
+            todo = [s for s in samples if (condition.ranking, condition.name, condition.k, s.id) not in done]
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                answers, logps = _answer(adapter, chunk, condition, mode, means, max_new_tokens)
+                for sample, answer, logp in zip(chunk, answers, logps, strict=True):
+                    row = {
+                        "ranking": condition.ranking,
+                        "condition": condition.name,
+                        "k": condition.k,
+                        "id": sample.id,
+                        "mode": mode,
+                        "heads": [list(h) for h in condition.heads],
+                        "prediction": answer,
+                        "correct": exact_match(answer, sample.answer),
+                        "answer_logprob": logp,
+                    }
+                    handle.write(json.dumps(row) + "\n")
+                    rows.append(row)
+                handle.flush()
+                if on_progress is not None:
+                    on_progress(len(chunk))
     wanted = {s.id for s in samples}
     return [r for r in rows if r["id"] in wanted]
 
 
+def _effect(diffs: np.ndarray) -> tuple[float, list[float], float]:
+    """Mean paired difference, its 95% bootstrap interval and the permutation p-value."""
+    mean, low, high = bootstrap_mean_ci(diffs[:, None])
+    return float(mean[0]), [float(low[0]), float(high[0])], paired_permutation_p(diffs)
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (condition, k): accuracy and mean answer log-prob, and paired effects vs `none` with 95% CIs."""
+    """Per (ranking, condition, k): accuracy, mean answer log-prob, paired effects vs `none` (and for top-k
+    vs the mean of the same-k random controls) with 95% CIs and permutation p-values."""
     base = {r["id"]: r for r in rows if r["condition"] == "none"}
-    ids = sorted(base)
-    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["condition"], r["k"]), {})[r["id"]] = r
+        groups.setdefault((r["ranking"], r["condition"], r["k"]), {})[r["id"]] = r
+    randoms: dict[int, dict[str, list[float]]] = {}  # k -> id -> correctness under each random control
+    for (_, name, k), by_id in groups.items():
+        if name.startswith("random-"):
+            for i, r in by_id.items():
+                randoms.setdefault(k, {}).setdefault(i, []).append(float(r["correct"]))
+
+    def order(key: tuple[str, str, int]) -> tuple[int, str, int, str]:
+        ranking, name, k = key
+        return (k, ranking, {"none": 0, "user": 1, "top": 2, "bottom": 3}.get(name, 4), name)
+
     table = []
-
-    def order(item: tuple[tuple[str, int], Any]) -> tuple[int, int, str]:
-        name, k = item[0]
-        return (k, {"none": 0, "top": 1, "bottom": 2}.get(name, 3), name)
-
-    for (name, k), by_id in sorted(groups.items(), key=order):
-        common = [i for i in ids if i in by_id]
+    for key in sorted(groups, key=order):
+        ranking, name, k = key
+        by_id = groups[key]
+        common = [i for i in sorted(base) if i in by_id]
+        if not common:
+            continue
         acc = np.array([float(by_id[i]["correct"]) for i in common])
         d_acc = acc - np.array([float(base[i]["correct"]) for i in common])
         d_logp = np.array([by_id[i]["answer_logprob"] - base[i]["answer_logprob"] for i in common])
-        mean_acc, lo_acc, hi_acc = bootstrap_mean_ci(d_acc[:, None])
-        mean_lp, lo_lp, hi_lp = bootstrap_mean_ci(d_logp[:, None])
-        table.append(
-            {
-                "condition": name,
-                "k": k,
-                "n": len(common),
-                "accuracy": float(acc.mean()),
-                "delta_accuracy": float(mean_acc[0]),
-                "delta_accuracy_ci": [float(lo_acc[0]), float(hi_acc[0])],
-                "delta_logprob": float(mean_lp[0]),
-                "delta_logprob_ci": [float(lo_lp[0]), float(hi_lp[0])],
-            }
-        )
+        row: dict[str, Any] = {"ranking": ranking, "condition": name, "k": k, "n": len(common)}
+        row["accuracy"] = float(acc.mean())
+        row["delta_accuracy"], row["delta_accuracy_ci"], row["p_value"] = _effect(d_acc)
+        row["delta_logprob"], row["delta_logprob_ci"], row["delta_logprob_p"] = _effect(d_logp)
+        paired = [i for i in common if i in randoms.get(k, {})]
+        if name == "top" and paired:
+            vs = np.array([float(by_id[i]["correct"]) - np.mean(randoms[k][i]) for i in paired])
+            row["vs_random"], row["vs_random_ci"], row["vs_random_p"] = _effect(vs)
+        table.append(row)
     return table

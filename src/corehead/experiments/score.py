@@ -210,6 +210,20 @@ def _generated_stats(plan: Any, new_tokens: torch.Tensor, end_token: int) -> tor
     return mean
 
 
+def run_rankings(run: Path, specs: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """Head rankings from a scoring run's results, one per 'metric:query' spec (e.g. 'ram:question',
+    'ram_minus_distractor:all'); a bare query group means RAM on it."""
+    if not (run / "results").is_dir():
+        raise ValueError(f"{run} has no results/ folder: rankings other than heads.json need the scoring run")
+    table = pq.read_table(run / "results")
+    out = {}
+    for spec in specs:
+        metric, _, query = spec.rpartition(":")
+        metric, query = metric or "ram", query.replace("-", "_")
+        out[f"{metric}:{query}"] = HeadScores.from_table(table, metric=metric, query=query).ranking()
+    return out
+
+
 def score_heads(
     adapter: ChatAdapter,
     samples: list[Sample],

@@ -273,7 +273,10 @@ class ChatAdapter(ABC):
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int = 16) -> list[str]:
         """Greedy answers, one per sample, generated as one left-padded batch."""
-        encoded = [self.encode(s) for s in samples]
+        return self.generate_encoded([self.encode(s) for s in samples], max_new_tokens)
+
+    def generate_encoded(self, encoded: list[Encoded], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers for already encoded samples (collated exactly as `collate` lays them out)."""
         batch = {k: v.to(self.model.device) for k, v in self.collate(encoded).items()}
         out = self.model.generate(
             **batch,
