@@ -198,3 +198,71 @@ def test_bad_modes_are_refused(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> N
         intervened(tiny_builtin.model, "mask-visual", ((0, 0),)),
     ):
         pass
+
+
+def test_patching_writes_the_source_values_into_exactly_the_targeted_slices(tiny_builtin: QwenVLAdapter) -> None:
+    from test_interventions import _o_proj_inputs
+
+    from corehead.attention.interventions import HeadPatch, head_outputs
+    from corehead.experiments.ablate import _last_prompt_token
+
+    model = tiny_builtin.model
+    target = [tiny_builtin.encode(make_sample(d, 5, 0)) for d in ("scenes", "pages")]
+    source = [tiny_builtin.encode(make_sample(d, 6, 1)) for d in ("clips", "scenes")]
+    values = head_outputs(model, tiny_builtin.collate(source), _last_prompt_token(source))
+    batch = tiny_builtin.collate(target)
+    positions = _last_prompt_token(target)
+    heads = ((0, 1), (0, 3))
+    base = _o_proj_inputs(model, batch)
+    with HeadPatch(heads, values, positions).apply(model):
+        patched = _o_proj_inputs(model, batch)
+    dim = values[0].shape[-1]
+    x, y = base[0].view(*base[0].shape[:2], -1, dim), patched[0].view(*patched[0].shape[:2], -1, dim)
+    rows = torch.arange(2)
+    torch.testing.assert_close(y[rows, positions][:, [1, 3]], values[0][:, [1, 3]])
+    y[rows, positions, 1], y[rows, positions, 3] = x[rows, positions, 1], x[rows, positions, 3]
+    assert torch.equal(x, y)  # every other slice and position of layer 0 is untouched
+
+
+def test_patching_the_planted_head_carries_the_source_colour(tiny_qwen2_vl: QwenVLAdapter) -> None:
+    """Patched from a blue square, the planted head alone moves a red square's output half the way or more to
+    the blue one's; any other single head barely moves it."""
+    from planted import HEAD, plant_head, square_samples
+
+    from corehead.attention.interventions import head_outputs
+    from corehead.experiments.ablate import _last_prompt_token
+
+    red, blue = square_samples(6, (230, 20, 20)), square_samples(6, (20, 40, 230))
+    adapter = plant_head(tiny_qwen2_vl, red[0])
+    model = adapter.model
+    red_enc, blue_enc = [adapter.encode(s) for s in red], [adapter.encode(s) for s in blue]
+    red_batch, blue_batch = adapter.collate(red_enc), adapter.collate(blue_enc)
+    values = head_outputs(model, blue_batch, _last_prompt_token(blue_enc))
+    with torch.no_grad():
+        want = model(**blue_batch).logits[:, -1]
+        gap = float((model(**red_batch).logits[:, -1] - want).norm(dim=-1).mean())
+
+    def gap_after(head) -> float:
+        with torch.no_grad(), intervened(model, "patch", (head,), source=(values, _last_prompt_token(red_enc))):
+            return float((model(**red_batch).logits[:, -1] - want).norm(dim=-1).mean())
+
+    text = model.config.get_text_config()
+    assert gap_after((0, HEAD)) < 0.6 * gap
+    for layer in range(text.num_hidden_layers):
+        for head in range(text.num_attention_heads):
+            if (layer, head) != (0, HEAD):
+                assert gap_after((layer, head)) > 0.9 * gap
+
+
+def test_patch_sources_have_another_answer_and_prefer_the_same_input() -> None:
+    from dataclasses import replace
+
+    from corehead.experiments.ablate import pair_sources
+
+    a, b, c = (make_sample("scenes", 1, i) for i in range(3))
+    same_image = replace(a, id="a2", answer=a.answer + "x")
+    sources = pair_sources([a, b, c, same_image])
+    assert sources[a.id].id == "a2" and sources["a2"].id == a.id
+    assert all(sources[s.id].answer != s.answer for s in (b, c))
+    with pytest.raises(ValueError, match="no other sample has a different answer"):
+        pair_sources([a, replace(a, id="copy")])

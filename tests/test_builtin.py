@@ -36,7 +36,7 @@ def test_builtin_answers_held_out_samples(domain: str) -> None:
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["--quiet", "demo", "--n", "6", "--n-score", "4", "--out", str(tmp_path), "--json"]
+        app, ["--quiet", "demo", "--n", "6", "--n-score", "4", "--n-ablate", "3", "--out", str(tmp_path), "--json"]
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -44,4 +44,6 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert all(len(summary["core_heads"][d]) == 3 for d in DOMAINS)  # 5% of 64 heads
     for domain in DOMAINS:
         assert (tmp_path / f"score-{domain}" / "heads.json").exists()
+        sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
+        assert {("top", 3), ("bottom", 6), ("random-2", 6)} <= set(sweep) and sweep[("top", 3)]["n"] == 3
     assert (tmp_path / "summary.json").exists() and (tmp_path / "predictions-seed0.jsonl").exists()

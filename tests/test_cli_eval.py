@@ -60,3 +60,24 @@ def test_eval_on_a_jsonl_dataset(saved_model: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["--quiet", "eval", "--model", str(saved_model), "--data", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["n"] == 3
+
+
+def test_score_then_ablate_from_the_command_line(saved_model: Path, tmp_path: Path) -> None:
+    """The issue's commands: score a run, then cut its top heads with controls and compared rankings."""
+    runner = CliRunner()
+    common = ["--model", str(saved_model), "--data", "synthetic:scenes", "--limit", "4"]
+    scored = runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run"), "--maps", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["heads.json", "manifest.json", "maps", "results"]
+    args = ["--heads", str(tmp_path / "run" / "heads.json"), "--k", "1,25%", "--controls", "bottom,random"]
+    args += ["--seeds", "2", "--mode", "patch", "--rankings", "question,ram_minus_distractor:all"]
+    done = runner.invoke(app, ["--quiet", "ablate", *common, *args, "--out", str(tmp_path / "ab"), "--json"])
+    assert done.exit_code == 0, done.output
+    table = json.loads(done.stdout)["conditions"]
+    seen = {(r["ranking"], r["condition"], r["k"]) for r in table}
+    assert ("", "none", 0) in seen and ("ram:all", "random-1", 2) in seen and ("ram:all", "bottom", 1) in seen
+    assert ("ram:question", "top", 2) in seen and ("ram_minus_distractor:all", "top", 1) in seen
+    assert all("to_source" in r and 0 <= r["p_value"] <= 1 for r in table)
+    assert (tmp_path / "ab" / "ablation.json").exists()
+    bad = runner.invoke(app, ["ablate", *common, "--heads", str(tmp_path / "run"), "--k", "ten"])
+    assert bad.exit_code != 0 and "counts or percentages" in str(bad.exception)  # main() prints it as one line

@@ -316,7 +316,7 @@ def ablate(
     ),
     seeds: Annotated[int, typer.Option("--seeds", help="Random control sets per k.")] = 5,
     mode: Annotated[
-        str, typer.Option("--mode", help="zero, mean, query-zero (legacy), mask-visual or mask-region.")
+        str, typer.Option("--mode", help="zero, mean, query-zero (legacy), mask-visual, mask-region or patch.")
     ] = "zero",
     rankings: Annotated[
         str | None,
@@ -381,7 +381,8 @@ def _parse_heads(spec: str) -> list[tuple[int, int]]:
 def _print_ablation(table: list[dict[str, Any]], title: str) -> None:
     view = Table(title=title)
     columns = ("ranking", "condition", "k", "accuracy", "Δ accuracy [95% CI]", "p", "top − random [95% CI]")
-    for col in (*columns, "Δ answer log-prob [95% CI]"):
+    patched = any("to_source" in row for row in table)
+    for col in (*columns, "Δ answer log-prob [95% CI]", *(["to source's answer"] if patched else [])):
         view.add_column(col, justify="right")
     for row in table:
         lo, hi = row["delta_accuracy_ci"]
@@ -399,6 +400,7 @@ def _print_ablation(table: list[dict[str, Any]], title: str) -> None:
             f"{row['p_value']:.3g}",
             vs,
             f"{row['delta_logprob']:+.2f} [{lo_lp:+.2f}, {hi_lp:+.2f}]",
+            *([f"{row.get('to_source', float('nan')):.3f}"] if patched else []),
         )
     out.print(view)
 

@@ -3,6 +3,8 @@
 - `HeadAblation` cuts heads at their contribution: the head's slice of the o_proj input is zeroed, or set
   to its mean over a reference set (`head_means`). A forward pre-hook on each targeted layer's o_proj does
   it, so it works under any attention implementation; hooks are removed on exit, even on error.
+- `HeadPatch` writes into heads' slices, at one position per sample, what they computed on a source sample
+  (activation patching, `head_outputs`): a test of sufficiency where ablation tests necessity.
 - `QueryZero` zeroes heads' queries (a forward hook on q_proj), so they attend uniformly to every key
   they may see: the legacy ablation of Retrieval Head and SparseMM, kept for comparability with their
   numbers (the head still writes an average of all values, so it is not a removal).
@@ -90,6 +92,66 @@ class HeadAblation:
             return (x.flatten(-2), *args[1:])
 
         return replace
+
+
+@dataclass(frozen=True)
+class HeadPatch:
+    """At `positions` ([B], one per sample), replace `heads`' o_proj input slices by `values`.
+
+    values: layer -> [B, heads, head_dim], every head's output at the source's position (`head_outputs`).
+    Only full forwards are patched (decode steps of a generation run unpatched).
+    """
+
+    heads: tuple[Head, ...]
+    values: dict[int, torch.Tensor]
+    positions: torch.Tensor
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[None]:
+        with ExitStack() as stack:
+            for layer, attn, heads in _targets(model, self.heads):
+                dim = _head_dim(attn)
+
+                def patch(
+                    module: Any,
+                    args: tuple[torch.Tensor, ...],
+                    layer: int = layer,
+                    heads: list[int] = heads,
+                    dim: int = dim,
+                ) -> tuple[torch.Tensor, ...]:
+                    x = args[0]
+                    if x.shape[1] <= int(self.positions.max()):  # a decode step
+                        return args
+                    x = x.view(*x.shape[:-1], -1, dim).clone()
+                    rows = torch.arange(x.shape[0], device=x.device)
+                    source = self.values[layer][:, heads].to(x)
+                    x[rows[:, None], self.positions.to(x.device)[:, None], torch.as_tensor(heads)[None, :]] = source
+                    return (x.flatten(-2), *args[1:])
+
+                stack.callback(attn.o_proj.register_forward_pre_hook(patch).remove)
+            yield
+
+
+@torch.no_grad()
+def head_outputs(model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every head's output (its o_proj input slice) at `positions` ([B], one per sample): layer -> [B, H, D]."""
+    seen: dict[int, torch.Tensor] = {}
+    hooks = []
+    for index, layer in enumerate(decoder_layers(model)):
+        dim = _head_dim(layer.self_attn)
+
+        def keep(module: Any, args: tuple[torch.Tensor, ...], index: int = index, dim: int = dim) -> None:
+            x = args[0]
+            rows = torch.arange(x.shape[0], device=x.device)
+            seen[index] = x[rows, positions.to(x.device)].view(x.shape[0], -1, dim).clone()
+
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(keep))
+    try:
+        model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 @dataclass(frozen=True)

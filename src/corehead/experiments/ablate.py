@@ -7,7 +7,9 @@ answer rows, RAM minus distractor mass, ...): each contributes its top-k; the co
 
 Modes, how a head is cut: `zero` / `mean` (its slice of the o_proj input), `query-zero` (the legacy
 uniform-attention ablation of Retrieval Head and SparseMM), `mask-visual` / `mask-region` (it may not
-attend to any visual token / to the sample's region tokens; renormalised over the rest).
+attend to any visual token / to the sample's region tokens; renormalised over the rest), and `patch`
+(activation patching: at the last prompt token, its slice takes the value it had on a paired source sample
+with another answer; rows then also say whether the answer moved to the source's answer).
 
 Every sample is answered under every condition; rows (ranking, condition, k, sample, prediction, correct,
 gold-answer log-prob) are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows already
@@ -27,7 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from corehead.attention.interventions import AttentionKnockout, Head, HeadAblation, QueryZero, head_means, knockout
+from corehead.attention.interventions import (
+    AttentionKnockout,
+    Head,
+    HeadAblation,
+    HeadPatch,
+    QueryZero,
+    head_means,
+    head_outputs,
+    knockout,
+)
 from corehead.attention.recorder import decoder_attention
 from corehead.data.sample import Sample
 from corehead.heads import HeadSet
@@ -35,7 +46,7 @@ from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
 from corehead.metrics.tasks import exact_match
 from corehead.models.base import ChatAdapter, Encoded, sample_region_tokens
 
-MODES: tuple[str, ...] = ("zero", "mean", "query-zero", "mask-visual", "mask-region")
+MODES: tuple[str, ...] = ("zero", "mean", "query-zero", "mask-visual", "mask-region", "patch")
 CONTROLS: tuple[str, ...] = ("bottom", "random")
 SWEEP = "1%,2%,5%,10%,20%"
 
@@ -121,8 +132,10 @@ def intervened(
     heads: tuple[Head, ...],
     means: dict[int, torch.Tensor] | None = None,
     forbid: torch.Tensor | None = None,
+    source: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[None]:
-    """Cut `heads` in `mode` for the forwards run inside; `forbid` ([B, L] bool) for the mask-* modes."""
+    """Cut `heads` in `mode` for the forwards run inside; `forbid` ([B, L] bool) for the mask-* modes,
+    `source` (the source run's head outputs, the positions to patch) for `patch`."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     with ExitStack() as stack:
@@ -130,6 +143,10 @@ def intervened(
             stack.enter_context(HeadAblation(heads, mode=mode, means=means or {}).apply(model))  # type: ignore[arg-type]
         elif heads and mode == "query-zero":
             stack.enter_context(QueryZero(heads).apply(model))
+        elif heads and mode == "patch":
+            if source is None:
+                raise ValueError("mode patch needs the source run's head outputs")
+            stack.enter_context(HeadPatch(heads, *source).apply(model))
         elif heads:
             if forbid is None:
                 raise ValueError(f"mode {mode} needs the forbidden keys of the batch")
@@ -153,6 +170,28 @@ def _answer_logprob(adapter: ChatAdapter, encoded: list[Encoded]) -> list[float]
     return out
 
 
+def pair_sources(samples: list[Sample]) -> dict[str, Sample]:
+    """For patching: each sample's source, a sample with another answer, on the same visual input where one
+    exists (another question about the same image), else the next such sample in the list."""
+    by_units: dict[tuple[str, ...], list[Sample]] = {}
+    for s in samples:
+        by_units.setdefault(tuple(u.source for u in s.units), []).append(s)
+    out = {}
+    for i, s in enumerate(samples):
+        same = [o for o in by_units[tuple(u.source for u in s.units)] if o.answer != s.answer]
+        later = [o for o in samples[i + 1 :] + samples[:i] if o.answer != s.answer]
+        if not same and not later:
+            raise ValueError(f"sample {s.id}: no other sample has a different answer to patch from")
+        out[s.id] = (same or later)[0]
+    return out
+
+
+def _last_prompt_token(encoded: list[Encoded]) -> torch.Tensor:
+    """[B] position of each sample's last prompt token in its left-padded batch."""
+    width = max(e.length for e in encoded)
+    return torch.tensor([e.prompt_end + width - e.length for e in encoded])
+
+
 def _answer(
     adapter: ChatAdapter,
     samples: list[Sample],
@@ -160,18 +199,25 @@ def _answer(
     mode: str,
     means: dict[int, torch.Tensor],
     max_new_tokens: int,
+    sources: dict[str, Sample],
 ) -> tuple[list[str], list[float]]:
     """Greedy answers and gold-answer log-probs of a batch with the condition's heads cut."""
-    masked = mode.startswith("mask-")
-    prompts = [adapter.encode(s) for s in samples]
-    with intervened(
-        adapter.model, mode, condition.heads, means, _forbidden(samples, prompts, mode) if masked else None
-    ):
-        answers = adapter.generate_encoded(prompts, max_new_tokens)
-    forced = [adapter.encode(s, answer=True) for s in samples]
-    with intervened(adapter.model, mode, condition.heads, means, _forbidden(samples, forced, mode) if masked else None):
-        logps = _answer_logprob(adapter, forced)
-    return answers, logps
+    model = adapter.model
+    values = None
+    if mode == "patch" and condition.heads:
+        source = [adapter.encode(sources[s.id]) for s in samples]
+        batch = {k: v.to(model.device) for k, v in adapter.collate(source).items()}
+        values = head_outputs(model, batch, _last_prompt_token(source))
+    out: list[Any] = []
+    for answer in (False, True):
+        encoded = [adapter.encode(s, answer=answer) for s in samples]
+        forbid = _forbidden(samples, encoded, mode) if mode.startswith("mask-") else None
+        patch = (values, _last_prompt_token(encoded)) if values is not None else None
+        with intervened(model, mode, condition.heads, means, forbid, patch):
+            out.append(
+                _answer_logprob(adapter, encoded) if answer else adapter.generate_encoded(encoded, max_new_tokens)
+            )
+    return out[0], out[1]
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -201,10 +247,15 @@ def ablate(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     on_progress: Callable[[int], None] | None = None,
+    sources: dict[str, Sample] | None = None,
 ) -> list[dict[str, Any]]:
-    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable)."""
+    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable).
+
+    For mode `patch`, `sources` maps each sample id to the sample patched from (default: pair_sources).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    sources = sources or (pair_sources(samples) if mode == "patch" else {})
     if isinstance(rankings, HeadSet):
         rankings = {f"{rankings.metric}:{rankings.query}": rankings.ranking}
     plan = plan_conditions(rankings, ks, seeds, controls, user)
@@ -221,7 +272,7 @@ def ablate(
             todo = [s for s in samples if (condition.ranking, condition.name, condition.k, s.id) not in done]
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
-                answers, logps = _answer(adapter, chunk, condition, mode, means, max_new_tokens)
+                answers, logps = _answer(adapter, chunk, condition, mode, means, max_new_tokens, sources)
                 for sample, answer, logp in zip(chunk, answers, logps, strict=True):
                     row = {
                         "ranking": condition.ranking,
@@ -234,6 +285,10 @@ def ablate(
                         "correct": exact_match(answer, sample.answer),
                         "answer_logprob": logp,
                     }
+                    if mode == "patch":  # did the answer move to the source's?
+                        source = sources[sample.id]
+                        row["source"] = source.id
+                        row["to_source"] = exact_match(answer, source.answer)
                     handle.write(json.dumps(row) + "\n")
                     rows.append(row)
                 handle.flush()
@@ -257,10 +312,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         groups.setdefault((r["ranking"], r["condition"], r["k"]), {})[r["id"]] = r
     randoms: dict[int, dict[str, list[float]]] = {}  # k -> id -> correctness under each random control
+    to_source: dict[int, dict[str, list[float]]] = {}  # the same for moving to the source's answer (patch)
     for (_, name, k), by_id in groups.items():
         if name.startswith("random-"):
             for i, r in by_id.items():
                 randoms.setdefault(k, {}).setdefault(i, []).append(float(r["correct"]))
+                to_source.setdefault(k, {}).setdefault(i, []).append(float(r.get("to_source", 0.0)))
 
     def order(key: tuple[str, str, int]) -> tuple[int, str, int, str]:
         ranking, name, k = key
@@ -284,5 +341,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if name == "top" and paired:
             vs = np.array([float(by_id[i]["correct"]) - np.mean(randoms[k][i]) for i in paired])
             row["vs_random"], row["vs_random_ci"], row["vs_random_p"] = _effect(vs)
+        if "to_source" in by_id[common[0]]:  # patching: how often the answer became the source's
+            moved = np.array([float(by_id[i]["to_source"]) for i in common])
+            row["to_source"] = float(moved.mean())
+            if name == "top" and paired:
+                vs = np.array([float(by_id[i]["to_source"]) - np.mean(to_source[k][i]) for i in paired])
+                row["to_source_vs_random"], row["to_source_vs_random_ci"], row["to_source_vs_random_p"] = _effect(vs)
         table.append(row)
     return table
