@@ -15,6 +15,8 @@ __all__ = [
     "SampleError",
     "VisualUnit",
     "__version__",
+    "ablate",
+    "hybrid",
     "load_dataset",
     "load_model",
     "score_heads",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 _LAZY = {
     "load_model": "corehead.models",
+    "hybrid": "corehead.attention.hybrid",
+    "ablate": "corehead.experiments.ablate",
     "score_heads": "corehead.experiments.score",
     "HeadScores": "corehead.heads",
     "HeadSet": "corehead.heads",

@@ -102,6 +102,8 @@ class RowPlan:
 
 
 _PLAN: ContextVar[RowPlan | None] = ContextVar("corehead_plan", default=None)
+# a replacement for the decoder layers' attention (the hybrid KV cache): (module, q, k, v, mask, scale) -> out
+LAYER_ATTENTION: ContextVar[Any] = ContextVar("corehead_layer_attention", default=None)
 
 
 def corehead_attention(
@@ -120,6 +122,9 @@ def corehead_attention(
     mask = attention_mask or CompactMask(None, key.shape[2] - query.shape[2], 0)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = getattr(module, "layer_idx", None)
+    replacement = LAYER_ATTENTION.get()
+    if replacement is not None and layer is not None:
+        return replacement(module, query, key, value, mask, scale), None
     spec = active_knockout()
     heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
     forbid = None
@@ -142,19 +147,19 @@ def corehead_attention(
             rows = torch.zeros(query.shape[0], 1, dtype=torch.long, device=query.device)
             plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale, None, blocked)[:, :, 0]
     dropout = dropout if module.training else 0.0
-    out = _sdpa(query, key, value, mask, scale, dropout)
+    out = sdpa(query, key, value, mask, scale, dropout)
     if forbid is not None:  # recompute the knocked-out heads with their forbidden keys masked
         keep = ~forbid if mask.keep is None else mask.keep & ~forbid
         groups = query.shape[1] // key.shape[1]
         kv = [h // groups for h in heads]
-        sub = _sdpa(
+        sub = sdpa(
             query[:, heads], key[:, kv], value[:, kv], CompactMask(keep, mask.q_offset, mask.kv_offset), scale, dropout
         )
         out[:, :, heads] = sub
     return out, None
 
 
-def _sdpa(
+def sdpa(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: CompactMask, scale: float, dropout: float
 ) -> torch.Tensor:
     """Exact causal SDPA with padding, in query chunks so no mask block exceeds CHUNK_ELEMENTS entries."""

@@ -1,0 +1,166 @@
+"""The hybrid KV cache: exact at full budget, really smaller, right positions in decode, the selector's tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from corehead.attention.hybrid import KVPlan, core_plan, hybrid, hybrid_plan
+from corehead.data.synthetic import make_sample
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+def _generate(adapter: QwenVLAdapter, samples, steps: int = 4):
+    batch = adapter.collate([adapter.encode(s) for s in samples])
+    out = adapter.model.generate(
+        **batch,
+        max_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        eos_token_id=None,
+        pad_token_id=adapter.pad_token,
+    )
+    return torch.stack(out.logits, 1), out.sequences
+
+
+def _all_heads(model) -> list[tuple[int, int]]:
+    text = model.config.get_text_config()
+    return [(layer, h) for layer in range(text.num_hidden_layers) for h in range(text.num_attention_heads)]
+
+
+def test_full_budget_or_all_heads_equal_full_attention(qwen_family: QwenVLAdapter) -> None:
+    """Padded batch with an image, pages and a video: every generated step's logits match (1e-5)."""
+    samples = [make_sample(d, 2, 0) for d in ("scenes", "pages", "clips")]
+    model = qwen_family.model
+    with torch.no_grad():
+        want, _ = _generate(qwen_family, samples)
+        with hybrid(model, [], budget=1.0):
+            every_token, _ = _generate(qwen_family, samples)
+        with hybrid(model, _all_heads(model), budget=0.0) as state:
+            every_head, _ = _generate(qwen_family, samples)
+    torch.testing.assert_close(every_token, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(every_head, want, atol=1e-5, rtol=1e-5)
+    assert set(state.kept.values()) == {1.0}
+
+
+@pytest.mark.parametrize("selector", ["snap", "merge", "recent", "last"])
+def test_reduced_heads_store_budget_many_visual_tokens(tiny_builtin: QwenVLAdapter, selector: str) -> None:
+    model = tiny_builtin.model
+    sample = make_sample("scenes", 3, 0)
+    enc = tiny_builtin.encode(sample)
+    n_visual, n_text = len(enc.token_map), enc.length - len(enc.token_map)
+    text = model.config.get_text_config()
+    n_kv, groups = text.num_key_value_heads, text.num_attention_heads // text.num_key_value_heads
+    core = [(0, 0), (1, groups * (n_kv - 1))]  # the first KV head of layer 0, the last of layer 1
+    plan = core_plan(model, core, budget=0.25, selector=selector)
+    with torch.no_grad(), hybrid_plan(model, plan) as state:
+        tiny_builtin.generate([sample], max_new_tokens=1)
+    keep = math.ceil(0.25 * n_visual)
+    for layer, cache in enumerate(state.layers):
+        sizes = {j: buf.keys.shape[2] for buf in cache.buffers for j in buf.heads}
+        assert sorted(sizes) == list(range(n_kv))
+        for j, size in sizes.items():
+            full = (layer, j) in {(0, 0), (1, n_kv - 1)}
+            assert size == (n_text + n_visual if full else n_text + keep)
+    total = text.num_hidden_layers * n_kv
+    full_bytes = 2 * total * (n_text + n_visual) * text.head_dim * 4  # float32 keys and values
+    want = (2 * (n_text + n_visual) + (total - 2) * (n_text + keep)) / (total * (n_text + n_visual))
+    assert state.kv_bytes() / full_bytes == pytest.approx(want)
+    with pytest.raises(ValueError, match="do not exist"):
+        core_plan(model, [(0, n_kv * groups)], budget=0.1)
+
+
+def _kept_positions_attention(kept: dict[tuple[int, int], torch.Tensor], prompt: int, groups: int):
+    """An independent eager attention: query head h of layer l may see, among the prompt's tokens, only
+    kept[(l, h // groups)] ([B, S] positions) once decoding (rows past the prompt); all later tokens."""
+
+    def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        k = key.repeat_interleave(groups, 1)
+        v = value.repeat_interleave(groups, 1)
+        scores = query @ k.transpose(-1, -2) * scaling + attention_mask
+        if query.shape[2] == 1:  # a decode step
+            for h in range(query.shape[1]):
+                allowed = kept.get((module.layer_idx, h // groups))
+                if allowed is not None:
+                    block = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool)
+                    block[:, prompt:] = False
+                    block.scatter_(1, allowed, False)
+                    scores[:, h] = scores[:, h].masked_fill(block[:, None, :], float("-inf"))
+        return (scores.softmax(-1) @ v).transpose(1, 2), None
+
+    return attend
+
+
+def test_decode_after_compression_equals_masking_the_dropped_tokens(qwen_family: QwenVLAdapter) -> None:
+    """Decode steps attend exactly the kept tokens with the right (3-D RoPE) positions: the same logits as
+    full attention in which each reduced head is barred from the tokens its buffer dropped."""
+    tiny_builtin = qwen_family
+    model = tiny_builtin.model
+    sample = make_sample("clips", 4, 0)
+    plan = core_plan(model, [(1, 0)], budget=0.2, selector="snap")
+    with torch.no_grad(), hybrid_plan(model, plan) as state:
+        got, sequence = _generate(tiny_builtin, [sample])
+    prompt = tiny_builtin.encode(sample).length
+    kept = {
+        (layer, j): buf.positions[:, i][buf.positions[:, i] < prompt].view(1, -1)
+        for layer, cache in enumerate(state.layers)
+        for buf in cache.buffers
+        for i, j in enumerate(buf.heads)
+        if buf.keys.shape[2] < cache.logical
+    }
+    text = model.config.get_text_config()
+    assert len(kept) == text.num_hidden_layers * text.num_key_value_heads - 1  # all but the one serving (1, 0)
+    groups = text.num_attention_heads // text.num_key_value_heads
+    AttentionInterface.register("kept_ref", _kept_positions_attention(kept, prompt, groups))
+    AttentionMaskInterface.register("kept_ref", eager_mask)
+    model.set_attn_implementation({"text_config": "kept_ref"})
+    try:
+        with torch.no_grad():
+            want, want_sequence = _generate(tiny_builtin, [sample])
+    finally:
+        model.set_attn_implementation({"text_config": "sdpa"})
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(sequence, want_sequence)
+    assert not torch.allclose(got[:, 1:], _generate(tiny_builtin, [sample])[0][:, 1:], atol=1e-4)  # it matters
+
+
+def test_snap_keeps_the_tokens_its_scores_rank_highest(tiny_qwen2_vl: QwenVLAdapter) -> None:
+    """Scores recomputed from eager attention: the last 16 prompt rows, averaged over rows and the GQA group,
+    pooled over 7 neighbours; the kept visual tokens are exactly the top ones."""
+    adapter, model = tiny_qwen2_vl, tiny_qwen2_vl.model
+    sample = make_sample("pages", 5, 0)
+    enc = adapter.encode(sample)
+    last = model.config.get_text_config().num_key_value_heads - 1
+    plan = KVPlan({(1, last): 0.3}, "snap")
+    with torch.no_grad(), hybrid_plan(model, plan) as state:
+        adapter.generate([sample], max_new_tokens=1)
+    buf = next(b for b in state.layers[1].buffers if b.heads == [last])
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        with torch.no_grad():
+            attn = model(**enc.inputs, output_attentions=True).attentions[1][0]  # [H, L, L]
+    finally:
+        model.set_attn_implementation({"text_config": "sdpa"})
+    groups = attn.shape[0] // model.config.get_text_config().num_key_value_heads
+    rows = attn[last * groups : (last + 1) * groups, -16:].mean((0, 1))
+    pooled = F.avg_pool1d(rows[None, None], 7, stride=1, padding=3, count_include_pad=False)[0, 0]
+    visual = torch.as_tensor(enc.token_map.positions)
+    keep = math.ceil(0.3 * len(visual))
+    want = visual[pooled[visual].topk(keep).indices].sort().values
+    got = buf.positions[0, 0][torch.isin(buf.positions[0, 0], visual)]
+    assert torch.equal(got, want)
+
+
+def test_bad_plans_are_refused(tiny_builtin: QwenVLAdapter) -> None:
+    with pytest.raises(ValueError, match="selector must be one of"):
+        KVPlan({}, "magic")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        KVPlan({(0, 0): 1.5})
+    with pytest.raises(ValueError, match="outside 2 layers"), hybrid_plan(tiny_builtin.model, KVPlan({(5, 0): 0.1})):
+        pass
