@@ -81,3 +81,22 @@ def test_score_then_ablate_from_the_command_line(saved_model: Path, tmp_path: Pa
     assert (tmp_path / "ab" / "ablation.json").exists()
     bad = runner.invoke(app, ["ablate", *common, "--heads", str(tmp_path / "run"), "--k", "ten"])
     assert bad.exit_code != 0 and "counts or percentages" in str(bad.exception)  # main() prints it as one line
+
+
+def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    common = ["--model", str(saved_model), "--data", "synthetic:all", "--limit", "3"]
+    assert runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run")]).exit_code == 0
+    args = ["--heads", str(tmp_path / "run"), "--budget", "0.1", "--out", str(tmp_path / "acc"), "--json"]
+    done = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])
+    assert done.exit_code == 0, done.output
+    table = {r["method"]: r for r in json.loads(done.stdout)["methods"]}
+    assert list(table) == ["full", "core", "uniform", "fastv", "random", "bottom", "duo", "sparsemm"]
+    assert table["full"]["kv_bytes_vs_full"] == 1.0 and table["full"]["visual_kv_share"] == 1.0
+    shares = {m: r["visual_kv_share"] for m, r in table.items() if m not in ("full", "fastv")}
+    assert max(shares.values()) - min(shares.values()) < 1e-6  # one total budget for all
+    assert all(r["kv_bytes"] < table["full"]["kv_bytes"] for m, r in table.items() if m != "full")
+    lines = (tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()
+    assert len(lines) == 3 * 8
+    again = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])
+    assert again.exit_code == 0 and len((tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()) == 24

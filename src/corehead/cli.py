@@ -406,6 +406,77 @@ def _print_ablation(table: list[dict[str, Any]], title: str) -> None:
 
 
 @app.command()
+def accelerate(
+    heads: Annotated[Path, typer.Option("--heads", help="heads.json (or its run folder) with the CoRe heads.")],
+    model: ModelOpt = "builtin",
+    data: DataOpt = "synthetic:all",
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder (accelerate.jsonl, accelerate.json).")] = Path(
+        "runs/accelerate"
+    ),
+    budget: Annotated[
+        float, typer.Option("--budget", help="Share of visual tokens kept by the KV heads of non-CoRe heads.")
+    ] = 0.1,
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma list: full, core, uniform, fastv, random, bottom, duo, sparsemm.")
+    ] = "full,core,uniform,fastv,random,bottom,duo,sparsemm",
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many samples.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 8,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+    skip_invalid: SkipOpt = False,
+    trust_remote_code: TrustOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    max_frames: MaxFramesOpt = None,
+) -> None:
+    """Full visual KV only for CoRe heads vs full attention and other methods at the same KV budget."""
+    from corehead.experiments.accelerate import accelerate as run_accelerate
+    from corehead.experiments.accelerate import summarize as summarize_runs
+    from corehead.heads import HeadSet
+
+    headset = HeadSet.load(heads / "heads.json" if heads.is_dir() else heads)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    samples = _load_samples(
+        data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
+    )
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
+    with progress("answering with each method", len(samples)) as advance:
+        rows = run_accelerate(adapter, samples, headset, out_dir, budget, chosen, max_new_tokens, on_progress=advance)
+    table = summarize_runs(rows)
+    (out_dir / "accelerate.json").write_text(json.dumps({"budget": budget, "methods": table}, indent=2))
+    if as_json:
+        emit_json({"budget": budget, "methods": table})
+        return
+    _print_acceleration(table, f"KV compression at budget {budget:g} ({len(samples)} samples)")
+    log(f"results: {out_dir}/ (accelerate.jsonl, accelerate.json)")
+
+
+def _print_acceleration(table: list[dict[str, Any]], title: str) -> None:
+    view = Table(title=title)
+    columns = ("method", "visual KV kept", "accuracy [95% CI]", "prefill", "decode / token", "peak memory", "KV bytes")
+    for col in columns:
+        view.add_column(col, justify="right")
+
+    def with_ratio(row: dict[str, Any], key: str, unit: str, scale: float) -> str:
+        if row[key] is None:
+            return "n/a (CPU)" if key == "peak_memory_bytes" else "n/a"
+        ratio = row[f"{key}_vs_full"]
+        return f"{row[key] * scale:.3g} {unit}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+    for row in table:
+        lo, hi = row["accuracy_ci"]
+        view.add_row(
+            row["method"],
+            f"{row['visual_kv_share']:.0%}",
+            f"{row['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+            with_ratio(row, "prefill_s", "ms", 1e3),
+            with_ratio(row, "decode_s_per_token", "ms", 1e3),
+            with_ratio(row, "peak_memory_bytes", "MiB", 2**-20),
+            with_ratio(row, "kv_bytes", "KiB", 2**-10),
+        )
+    out.print(view)
+
+
+@app.command()
 def demo(
     n: Annotated[int, typer.Option("--n", help="Held-out samples per synthetic domain.")] = 100,
     seed: SeedOpt = 0,
