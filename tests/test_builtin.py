@@ -36,7 +36,22 @@ def test_builtin_answers_held_out_samples(domain: str) -> None:
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["--quiet", "demo", "--n", "6", "--n-score", "4", "--n-ablate", "3", "--out", str(tmp_path), "--json"]
+        app,
+        [
+            "--quiet",
+            "demo",
+            "--n",
+            "6",
+            "--n-score",
+            "4",
+            "--n-ablate",
+            "3",
+            "--n-accelerate",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -46,4 +61,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert (tmp_path / f"score-{domain}" / "heads.json").exists()
         sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
         assert {("top", 3), ("bottom", 6), ("random-2", 6)} <= set(sweep) and sweep[("top", 3)]["n"] == 3
+        methods = {r["method"]: r for r in summary["acceleration"][domain]}
+        assert set(methods) == {"full", "core", "uniform", "duo", "bottom"} and methods["core"]["n"] == 2
+        assert methods["core"]["kv_bytes"] < methods["full"]["kv_bytes"]
     assert (tmp_path / "summary.json").exists() and (tmp_path / "predictions-seed0.jsonl").exists()

@@ -483,9 +483,13 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder for the demo's results.")] = Path("runs/demo"),
     n_score: Annotated[int, typer.Option("--n-score", help="Samples per domain scored for CoRe heads.")] = 40,
     n_ablate: Annotated[int, typer.Option("--n-ablate", help="Samples per domain in the ablation sweep.")] = 40,
+    n_accelerate: Annotated[
+        int, typer.Option("--n-accelerate", help="Samples per domain in the KV compression comparison.")
+    ] = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """End to end on the built-in model: accuracy per domain, its CoRe heads, and whether cutting them hurts."""
+    """End to end on the built-in model: accuracy per domain, its CoRe heads, whether cutting them hurts,
+    and what keeping full visual KV only for them saves."""
     from corehead.data import synthetic
 
     samples = [s for domain in synthetic.DOMAINS for s in synthetic.generate(domain, n, seed=seed)]
@@ -535,6 +539,25 @@ def demo(
             )
         sweep[domain] = summarize(rows)
     summary["ablation"] = sweep
+    from corehead.experiments.accelerate import accelerate as run_accelerate
+    from corehead.experiments.accelerate import summarize as summarize_runs
+
+    compared = {}
+    for domain, headset in heads.items():
+        chosen = [s for s in samples if s.domain == domain][:n_accelerate]
+        with progress(f"KV compression on {domain}", len(chosen)) as advance:
+            rows = run_accelerate(
+                adapter,
+                chosen,
+                headset,
+                out_dir / f"accelerate-{domain}",
+                0.1,
+                list(DEMO_METHODS),
+                max_new_tokens=4,
+                on_progress=advance,
+            )
+        compared[domain] = summarize_runs(rows)
+    summary["acceleration"] = compared
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         emit_json(summary)
@@ -553,7 +576,17 @@ def demo(
         )
     out.print(table)
     _print_sweep(sweep, n_ablate)
-    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/heads.json, ablate-*/)")
+    table = Table(title=f"visual KV at budget 0.1 for non-CoRe KV heads ({n_accelerate} samples per domain)")
+    for col in ("domain", *(f"{m}: accuracy, KV bytes" for m in DEMO_METHODS)):
+        table.add_column(col, justify="right")
+    for domain, rows in compared.items():
+        by = {r["method"]: r for r in rows}
+        table.add_row(domain, *(f"{by[m]['accuracy']:.2f}, {by[m]['kv_bytes_vs_full']:.2f}x" for m in DEMO_METHODS))
+    out.print(table)
+    log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/, ablate-*/, accelerate-*/)")
+
+
+DEMO_METHODS = ("full", "core", "uniform", "duo", "bottom")
 
 
 def _print_sweep(sweep: dict[str, list[dict[str, Any]]], n: int) -> None:
