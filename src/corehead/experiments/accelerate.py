@@ -108,7 +108,7 @@ def _proportional(scores: np.ndarray, target: float) -> dict[tuple[int, int], fl
 
 
 @contextmanager
-def _forward_times(model: Any) -> Iterator[list[float]]:
+def forward_times(model: Any) -> Iterator[list[float]]:
     """Wall time of every forward of `model` run inside (the first of a generate is its prefill)."""
     times: list[float] = []
     began: list[float] = []
@@ -148,7 +148,7 @@ def _run_one(adapter: ChatAdapter, sample: Sample, plan: KVPlan | None, max_new_
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     context = hybrid_plan(model, plan) if plan is not None else nullcontext(None)
-    with torch.no_grad(), context as state, _forward_times(model) as times:
+    with torch.no_grad(), context as state, forward_times(model) as times:
         answer = adapter.generate_encoded(encoded, max_new_tokens)[0]
     tokens = encoded[0].length + len(times) - 1  # the last generated token is never fed back
     full = _kv_bytes_full(model, tokens)
