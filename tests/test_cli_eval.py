@@ -100,3 +100,9 @@ def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_pat
     assert len(lines) == 3 * 8
     again = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])
     assert again.exit_code == 0 and len((tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()) == 24
+    other = runner.invoke(app, ["accelerate", *common, *args, "--prefill", "--methods", "full,core"])
+    assert other.exit_code != 0 and "another budget or prefill" in str(other.exception)
+    args[-2] = str(tmp_path / "acc-prefill")
+    prefilled = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--prefill", "--methods", "full,core,duo"])
+    assert prefilled.exit_code == 0, prefilled.output
+    assert json.loads(prefilled.stdout)["prefill"] is True

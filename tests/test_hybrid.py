@@ -76,15 +76,15 @@ def test_reduced_heads_store_budget_many_visual_tokens(tiny_builtin: QwenVLAdapt
         core_plan(model, [(0, n_kv * groups)], budget=0.1)
 
 
-def _kept_positions_attention(kept: dict[tuple[int, int], torch.Tensor], prompt: int, groups: int):
+def _kept_positions_attention(kept: dict[tuple[int, int], torch.Tensor], prompt: int, groups: int, prefill: bool):
     """An independent eager attention: query head h of layer l may see, among the prompt's tokens, only
-    kept[(l, h // groups)] ([B, S] positions) once decoding (rows past the prompt); all later tokens."""
+    kept[(l, h // groups)] ([B, S] positions) once decoding (and in the prefill too with `prefill`)."""
 
     def attend(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         k = key.repeat_interleave(groups, 1)
         v = value.repeat_interleave(groups, 1)
         scores = query @ k.transpose(-1, -2) * scaling + attention_mask
-        if query.shape[2] == 1:  # a decode step
+        if prefill or query.shape[2] == 1:
             for h in range(query.shape[1]):
                 allowed = kept.get((module.layer_idx, h // groups))
                 if allowed is not None:
@@ -97,13 +97,15 @@ def _kept_positions_attention(kept: dict[tuple[int, int], torch.Tensor], prompt:
     return attend
 
 
-def test_decode_after_compression_equals_masking_the_dropped_tokens(qwen_family: QwenVLAdapter) -> None:
+@pytest.mark.parametrize("prefill", [False, True])
+def test_decode_after_compression_equals_masking_the_dropped_tokens(qwen_family: QwenVLAdapter, prefill: bool) -> None:
     """Decode steps attend exactly the kept tokens with the right (3-D RoPE) positions: the same logits as
-    full attention in which each reduced head is barred from the tokens its buffer dropped."""
+    full attention in which each reduced head is barred from the tokens its buffer dropped (in every prompt
+    row too with the prefill option)."""
     tiny_builtin = qwen_family
     model = tiny_builtin.model
     sample = make_sample("clips", 4, 0)
-    plan = core_plan(model, [(1, 0)], budget=0.2, selector="snap")
+    plan = core_plan(model, [(1, 0)], budget=0.2, selector="snap", prefill=prefill)
     with torch.no_grad(), hybrid_plan(model, plan) as state:
         got, sequence = _generate(tiny_builtin, [sample])
     prompt = tiny_builtin.encode(sample).length
@@ -117,7 +119,7 @@ def test_decode_after_compression_equals_masking_the_dropped_tokens(qwen_family:
     text = model.config.get_text_config()
     assert len(kept) == text.num_hidden_layers * text.num_key_value_heads - 1  # all but the one serving (1, 0)
     groups = text.num_attention_heads // text.num_key_value_heads
-    AttentionInterface.register("kept_ref", _kept_positions_attention(kept, prompt, groups))
+    AttentionInterface.register("kept_ref", _kept_positions_attention(kept, prompt, groups, prefill))
     AttentionMaskInterface.register("kept_ref", eager_mask)
     model.set_attn_implementation({"text_config": "kept_ref"})
     try:
@@ -162,5 +164,7 @@ def test_bad_plans_are_refused(tiny_builtin: QwenVLAdapter) -> None:
         KVPlan({}, "magic")
     with pytest.raises(ValueError, match="between 0 and 1"):
         KVPlan({(0, 0): 1.5})
+    with pytest.raises(ValueError, match="not one that merges"):
+        KVPlan({(0, 0): 0.5}, "merge", prefill=True)
     with pytest.raises(ValueError, match="outside 2 layers"), hybrid_plan(tiny_builtin.model, KVPlan({(5, 0): 0.1})):
         pass

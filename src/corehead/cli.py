@@ -421,6 +421,9 @@ def accelerate(
     ] = "full,core,uniform,fastv,random,bottom,duo,sparsemm",
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many samples.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 8,
+    prefill: Annotated[
+        bool, typer.Option("--prefill", help="Reduced heads see only their kept tokens in the prefill too.")
+    ] = False,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
     skip_invalid: SkipOpt = False,
@@ -440,13 +443,17 @@ def accelerate(
     )
     adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
     with progress("answering with each method", len(samples)) as advance:
-        rows = run_accelerate(adapter, samples, headset, out_dir, budget, chosen, max_new_tokens, on_progress=advance)
+        rows = run_accelerate(
+            adapter, samples, headset, out_dir, budget, chosen, max_new_tokens, on_progress=advance, prefill=prefill
+        )
     table = summarize_runs(rows)
-    (out_dir / "accelerate.json").write_text(json.dumps({"budget": budget, "methods": table}, indent=2))
+    result = {"budget": budget, "prefill": prefill, "methods": table}
+    (out_dir / "accelerate.json").write_text(json.dumps(result, indent=2))
     if as_json:
-        emit_json({"budget": budget, "methods": table})
+        emit_json(result)
         return
-    _print_acceleration(table, f"KV compression at budget {budget:g} ({len(samples)} samples)")
+    when = "prefill and decode" if prefill else "decode"
+    _print_acceleration(table, f"KV compression at budget {budget:g} in {when} ({len(samples)} samples)")
     log(f"results: {out_dir}/ (accelerate.jsonl, accelerate.json)")
 
 

@@ -10,6 +10,9 @@ manager around `generate` (or any forward with a cache). While it is active:
   plan's selector and compresses the layer's cache: KV heads with no budget keep every token, the others
   keep every text token plus their budget of visual tokens (per head, different tokens per head), in
   separate buffers grouped by size. The cache is really smaller; decode attends each buffer on its own.
+  With `prefill=True` the selection comes first and the reduced heads attend only to their kept tokens
+  (causally) during the prefill too: cheaper long prefills, and an honest accuracy test, since retrieval
+  often happens at the question tokens during the prefill.
 
 Selectors: `snap` (attention of the last prompt rows, averaged over the GQA group and pooled over
 neighbouring tokens, as SnapKV), `merge` (visual tokens averaged in runs of neighbours, spatial merging),
@@ -34,7 +37,7 @@ from torch.nn import functional as F
 from transformers.cache_utils import DynamicLayer
 
 from corehead.attention.interventions import scoped
-from corehead.attention.recorder import LAYER_ATTENTION, CompactMask, decoder_attention, sdpa
+from corehead.attention.recorder import CHUNK_ELEMENTS, LAYER_ATTENTION, CompactMask, decoder_attention, sdpa
 
 SELECTORS: tuple[str, ...] = ("snap", "merge", "recent", "last")
 KVHead = tuple[int, int]  # (layer, KV head)
@@ -49,10 +52,13 @@ class KVPlan:
     window: int = 16  # prompt rows whose attention scores the tokens (snap)
     pool: int = 7  # neighbouring tokens pooled into a score (snap)
     sink: int = 4  # first visual tokens always kept (recent)
+    prefill: bool = False  # reduced heads attend only to their kept tokens during the prefill too
 
     def __post_init__(self) -> None:
         if self.selector not in SELECTORS:
             raise ValueError(f"selector must be one of {', '.join(SELECTORS)}; got {self.selector!r}")
+        if self.prefill and self.selector == "merge":
+            raise ValueError("the prefill option needs a selector that keeps tokens, not one that merges them")
         bad = {k: v for k, v in self.budgets.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise ValueError(f"budgets are shares of the visual tokens, between 0 and 1; got {bad}")
@@ -173,10 +179,51 @@ class HybridState:
             return sdpa(query, key, value, mask, scale, 0.0)
         if layer.compressed:
             return self._attend_buffers(layer, query, scale)
-        out = sdpa(query, key, value, mask, scale, 0.0)
         if self.visual is None or key.shape[2] != self.visual.shape[1]:
             raise ValueError("the hybrid cache compresses a prompt prefilled in one forward from an empty cache")
-        layer.compress(self._buffers(int(module.layer_idx), query, key, value, scale))
+        buffers = self._buffers(int(module.layer_idx), query, key, value, scale)
+        if self.plan.prefill:
+            out = self._attend_prefill(buffers, query, key, value, mask, scale)
+        else:
+            out = sdpa(query, key, value, mask, scale, 0.0)
+        layer.compress(buffers)
+        return out
+
+    def _attend_prefill(
+        self,
+        buffers: list[Buffer],
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: CompactMask,
+        scale: float,
+    ) -> torch.Tensor:
+        """Prefill in which each buffer's query heads see only its kept tokens (causally, by position)."""
+        b, _, length, dim = query.shape
+        out = query.new_empty(b, length, query.shape[1], dim)
+        for buf in buffers:
+            rows = [h for j in buf.heads for h in range(j * self.groups, (j + 1) * self.groups)]
+            assert buf.positions is not None
+            if buf.keys.shape[2] == length:  # a full buffer: the ordinary causal attention
+                out[:, :, rows] = sdpa(query[:, rows], key[:, buf.heads], value[:, buf.heads], mask, scale, 0.0)
+                continue
+            kept = buf.keys.shape[2]
+            chunk = max(1, CHUNK_ELEMENTS // max(1, b * len(rows) * kept))
+            for start in range(0, length, chunk):
+                stop = min(length, start + chunk)
+                at = torch.arange(start, stop, device=query.device)
+                visible = (buf.positions[:, :, None, :] <= at[None, None, :, None]) & buf.valid[:, None, None, :]
+                visible = visible.repeat_interleave(self.groups, dim=1)
+                blind = ~visible.any(-1, keepdim=True)  # padding rows
+                attended = F.scaled_dot_product_attention(
+                    query[:, rows, start:stop],
+                    buf.keys,
+                    buf.values,
+                    attn_mask=visible | blind,
+                    scale=scale,
+                    enable_gqa=self.groups > 1,
+                )
+                out[:, start:stop, rows] = attended.masked_fill(blind, 0.0).transpose(1, 2)
         return out
 
     def _attend_buffers(self, layer: HybridLayer, query: torch.Tensor, scale: float) -> torch.Tensor:
@@ -315,7 +362,9 @@ def hybrid_plan(model: Any, plan: KVPlan) -> Iterator[HybridState]:
         yield state
 
 
-def core_plan(model: Any, heads: list[tuple[int, int]], budget: float, selector: str = "snap") -> KVPlan:
+def core_plan(
+    model: Any, heads: list[tuple[int, int]], budget: float, selector: str = "snap", prefill: bool = False
+) -> KVPlan:
     """Every KV head that serves one of the CoRe query `heads` keeps all tokens; the others keep `budget`."""
     text = model.config.get_text_config()
     n_kv = int(text.num_key_value_heads)
@@ -325,13 +374,16 @@ def core_plan(model: Any, heads: list[tuple[int, int]], budget: float, selector:
         raise ValueError(f"heads {bad} do not exist ({text.num_hidden_layers} layers x {n_kv * groups} heads)")
     full = {(layer, h // groups) for layer, h in heads}
     budgets = {(layer, j): budget for layer in range(text.num_hidden_layers) for j in range(n_kv)}
-    return KVPlan({k: v for k, v in budgets.items() if k not in full}, selector)
+    return KVPlan({k: v for k, v in budgets.items() if k not in full}, selector, prefill=prefill)
 
 
-def hybrid(model: Any, heads: list[tuple[int, int]], budget: float = 0.1, selector: str = "snap") -> Any:
+def hybrid(
+    model: Any, heads: list[tuple[int, int]], budget: float = 0.1, selector: str = "snap", prefill: bool = False
+) -> Any:
     """`with hybrid(model, heads, budget=0.1): model.generate(...)`: full visual KV only for the KV heads
-    of the CoRe query `heads`, `budget` of the visual tokens for every other KV head."""
-    return hybrid_plan(model, core_plan(model, heads, budget, selector))
+    of the CoRe query `heads`, `budget` of the visual tokens for every other KV head; with `prefill`, those
+    heads attend only to their kept tokens during the prefill as well."""
+    return hybrid_plan(model, core_plan(model, heads, budget, selector, prefill))
 
 
 def kv_fraction(plan: KVPlan, n_layers: int, n_kv_heads: int) -> float:

@@ -48,12 +48,17 @@ def _all_kv(n_layers: int, n_kv: int) -> list[tuple[int, int]]:
     return [(layer, j) for layer in range(n_layers) for j in range(n_kv)]
 
 
-def _with_full(full: set[tuple[int, int]], every: list[tuple[int, int]], budget: float, selector: str) -> KVPlan:
-    return KVPlan({kv: budget for kv in every if kv not in full}, selector)
+def _with_full(
+    full: set[tuple[int, int]], every: list[tuple[int, int]], budget: float, selector: str, prefill: bool = False
+) -> KVPlan:
+    return KVPlan({kv: budget for kv in every if kv not in full}, selector, prefill=prefill)
 
 
-def method_plans(model: Any, headset: HeadSet, budget: float, methods: list[str], seed: int = 0) -> dict[str, Any]:
-    """KVPlan per method (None for full), every one at the total visual KV share of `core`."""
+def method_plans(
+    model: Any, headset: HeadSet, budget: float, methods: list[str], seed: int = 0, prefill: bool = False
+) -> dict[str, Any]:
+    """KVPlan per method (None for full), every one at the total visual KV share of `core`; with `prefill`,
+    reduced heads attend only to their kept tokens during the prefill too."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -70,23 +75,23 @@ def method_plans(model: Any, headset: HeadSet, budget: float, methods: list[str]
         if method == "full":
             plans[method] = None
         elif method == "core":
-            plans[method] = _with_full(core, every, budget, "snap")
+            plans[method] = _with_full(core, every, budget, "snap", prefill)
         elif method == "duo":
-            plans[method] = _with_full(core, every, budget, "recent")
+            plans[method] = _with_full(core, every, budget, "recent", prefill)
         elif method == "random":
             rng = np.random.default_rng(seed)
             pick = {every[int(i)] for i in rng.choice(len(every), size=len(core), replace=False)}
-            plans[method] = _with_full(pick, every, budget, "snap")
+            plans[method] = _with_full(pick, every, budget, "snap", prefill)
         elif method == "bottom":
-            plans[method] = _with_full(set(by_score[: len(core)]), every, budget, "snap")
+            plans[method] = _with_full(set(by_score[: len(core)]), every, budget, "snap", prefill)
         elif method == "uniform":
-            plans[method] = KVPlan({kv: target for kv in every}, "snap")
+            plans[method] = KVPlan({kv: target for kv in every}, "snap", prefill=prefill)
         elif method == "sparsemm":
-            plans[method] = KVPlan(_proportional(scores, target), "snap")
+            plans[method] = KVPlan(_proportional(scores, target), "snap", prefill=prefill)
         else:  # fastv: the first layer(s) whole, the same share for every KV head after
             first = max(1, round(2 * n_layers / 32))  # FastV prunes after layer 2 of 32
             share = float(np.clip((target * n_layers - first) / max(1, n_layers - first), 0.0, 1.0))
-            plans[method] = KVPlan({(layer, j): share for layer, j in every if layer >= first}, "last")
+            plans[method] = KVPlan({(lay, j): share for lay, j in every if lay >= first}, "last", prefill=prefill)
     return plans
 
 
@@ -173,10 +178,11 @@ def accelerate(
     max_new_tokens: int = 8,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    prefill: bool = False,
 ) -> list[dict[str, Any]]:
     """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable)."""
     methods = methods or list(METHODS)
-    plans = method_plans(adapter.model, headset, budget, methods, seed)
+    plans = method_plans(adapter.model, headset, budget, methods, seed, prefill)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "accelerate.jsonl"
     rows: list[dict[str, Any]] = []
@@ -191,6 +197,8 @@ def accelerate(
                 seen.add((row["method"], row["id"]))
                 rows.append(row)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if rows and (rows[0]["budget"], rows[0]["prefill"]) != (budget, prefill):
+        raise ValueError(f"{out} holds a run with another budget or prefill setting; use a new --out folder")
     done = {(r["method"], r["id"]) for r in rows}
     n_layers, n_kv, _ = _shape(adapter.model)
     with path.open("a") as handle:
@@ -199,7 +207,8 @@ def accelerate(
                 if (method, sample.id) in done:
                     continue
                 share = 1.0 if plan is None else kv_fraction(plan, n_layers, n_kv)
-                row = {"method": method, "id": sample.id, "budget": budget, "visual_kv_share": share}
+                row = {"method": method, "id": sample.id, "budget": budget, "prefill": prefill}
+                row["visual_kv_share"] = share
                 row.update(_run_one(adapter, sample, plan, max_new_tokens))
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
