@@ -101,8 +101,17 @@ def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_pat
     again = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])
     assert again.exit_code == 0 and len((tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()) == 24
     other = runner.invoke(app, ["accelerate", *common, *args, "--prefill", "--methods", "full,core"])
-    assert other.exit_code != 0 and "another budget or prefill" in str(other.exception)
+    assert other.exit_code != 0 and "another budget, prefill or query" in str(other.exception)
     args[-2] = str(tmp_path / "acc-prefill")
     prefilled = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--prefill", "--methods", "full,core,duo"])
     assert prefilled.exit_code == 0, prefilled.output
     assert json.loads(prefilled.stdout)["prefill"] is True
+    args[-2] = str(tmp_path / "acc-agnostic")
+    agnostic = runner.invoke(
+        app, ["--quiet", "accelerate", *common, *args, "--query-agnostic", "--methods", "full", "--max-new-tokens", "3"]
+    )
+    assert agnostic.exit_code == 0, agnostic.output
+    rows = [json.loads(line) for line in (tmp_path / "acc-agnostic" / "accelerate.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()]
+    # full attention answers the same whether the question comes in a second forward or not
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in plain if r["method"] == "full"]

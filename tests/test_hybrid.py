@@ -168,3 +168,54 @@ def test_bad_plans_are_refused(tiny_builtin: QwenVLAdapter) -> None:
         KVPlan({(0, 0): 0.5}, "merge", prefill=True)
     with pytest.raises(ValueError, match="outside 2 layers"), hybrid_plan(tiny_builtin.model, KVPlan({(5, 0): 0.1})):
         pass
+
+
+def test_question_after_compression_continues_the_cache_exactly(qwen_family: QwenVLAdapter) -> None:
+    """Query-agnostic use: the visual input is prefilled and compressed (every token kept, but stored in the
+    hybrid buffers), then the question arrives as several tokens at once: same logits as one full prefill."""
+    from transformers import DynamicCache
+
+    from corehead.experiments.accelerate import SEQUENCE_KEYS
+
+    model = qwen_family.model
+    encoded = qwen_family.encode(make_sample("pages", 7, 0))
+    batch = qwen_family.collate([encoded])
+    cut = int(encoded.token_map.positions.max()) + 1
+    text = model.config.get_text_config()
+    every = {(layer, j): 1.0 for layer in range(text.num_hidden_layers) for j in range(text.num_key_value_heads)}
+    with torch.no_grad():
+        want, _ = _generate(qwen_family, [make_sample("pages", 7, 0)])
+        with hybrid_plan(model, KVPlan(every)) as state:
+            cache = DynamicCache(config=model.config)
+            model(**{k: v[:, :cut] if k in SEQUENCE_KEYS else v for k, v in batch.items()}, cache=cache)
+            assert all(layer.compressed for layer in state.layers)
+            rest = {k: v for k, v in batch.items() if k in SEQUENCE_KEYS}
+            out = model.generate(
+                **rest, cache=cache, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+    torch.testing.assert_close(torch.stack(out.logits, 1), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llava", "next", "onevision", "internvl"])
+def test_hybrid_on_llava_and_internvl(kind: str) -> None:
+    """The other families: exact at full budget, smaller at a real one, across a padded batch."""
+    from test_internvl_adapter import tiny_internvl
+    from test_llava_adapters import tiny_llava
+
+    adapter = tiny_internvl() if kind == "internvl" else tiny_llava(kind)
+    model = adapter.model
+    samples = [make_sample(d, 8, 0) for d in ("scenes", "pages")]
+    text = model.config.get_text_config()
+    every = [(layer, h) for layer in range(text.num_hidden_layers) for h in range(text.num_attention_heads)]
+    with torch.no_grad():
+        want, _ = _generate(adapter, samples)
+        with hybrid(model, every[:1], budget=1.0):
+            same, _ = _generate(adapter, samples)
+        with hybrid(model, every[:1], budget=0.2) as state:
+            _generate(adapter, samples)
+    torch.testing.assert_close(same, want, atol=1e-5, rtol=1e-5)
+    groups = text.num_attention_heads // text.num_key_value_heads
+    for index, layer in enumerate(state.layers):
+        for buf in layer.buffers:
+            whole = index == 0 and 0 in buf.heads  # the KV head serving head (0, 0)
+            assert (buf.keys.shape[2] == layer.logical) == whole, (index, buf.heads, groups)

@@ -424,6 +424,9 @@ def accelerate(
     prefill: Annotated[
         bool, typer.Option("--prefill", help="Reduced heads see only their kept tokens in the prefill too.")
     ] = False,
+    query_agnostic: Annotated[
+        bool, typer.Option("--query-agnostic", help="Compress the visual context before the question is seen.")
+    ] = False,
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
     skip_invalid: SkipOpt = False,
@@ -444,15 +447,24 @@ def accelerate(
     adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
     with progress("answering with each method", len(samples)) as advance:
         rows = run_accelerate(
-            adapter, samples, headset, out_dir, budget, chosen, max_new_tokens, on_progress=advance, prefill=prefill
+            adapter,
+            samples,
+            headset,
+            out_dir,
+            budget,
+            chosen,
+            max_new_tokens,
+            on_progress=advance,
+            prefill=prefill,
+            query_agnostic=query_agnostic,
         )
     table = summarize_runs(rows)
-    result = {"budget": budget, "prefill": prefill, "methods": table}
+    result = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic, "methods": table}
     (out_dir / "accelerate.json").write_text(json.dumps(result, indent=2))
     if as_json:
         emit_json(result)
         return
-    when = "prefill and decode" if prefill else "decode"
+    when = ("prefill and decode" if prefill else "decode") + (", question after compression" if query_agnostic else "")
     _print_acceleration(table, f"KV compression at budget {budget:g} in {when} ({len(samples)} samples)")
     log(f"results: {out_dir}/ (accelerate.jsonl, accelerate.json)")
 

@@ -12,6 +12,10 @@ entries kept), on the same samples, interleaved sample by sample so timings shar
 - `fastv`: the first layers full, every KV head of later layers the same top visual tokens by the last
   prompt row's attention (FastV-style ranking, applied to the cache).
 
+Query-aware (default): the whole prompt is prefilled at once, so the selection sees the question.
+Query-agnostic: the visual input is prefilled and compressed first, the question comes after (a second
+turn over the same image, document or video), as kvpress evaluates.
+
 Rows (method, sample, answer, correct, prefill seconds, decode seconds per token, KV bytes kept and full)
 go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there.
 """
@@ -27,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from corehead.attention.hybrid import KVPlan, hybrid_plan, kv_fraction
 from corehead.data.sample import Sample
@@ -35,6 +40,7 @@ from corehead.metrics.stats import bootstrap_mean_ci
 from corehead.metrics.tasks import exact_match
 from corehead.models.base import ChatAdapter
 
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # inputs laid along the sequence
 METHODS: tuple[str, ...] = ("full", "core", "uniform", "fastv", "random", "bottom", "duo", "sparsemm")
 
 
@@ -145,23 +151,48 @@ def _kv_bytes_full(model: Any, tokens: int) -> int:
     return 2 * n_layers * n_kv * dim * tokens * next(model.parameters()).element_size()
 
 
-def _run_one(adapter: ChatAdapter, sample: Sample, plan: KVPlan | None, max_new_tokens: int) -> dict[str, Any]:
-    """Answer one sample under a plan; timings, KV bytes and peak memory (CUDA only)."""
+def _run_one(
+    adapter: ChatAdapter, sample: Sample, plan: KVPlan | None, max_new_tokens: int, query_agnostic: bool = False
+) -> dict[str, Any]:
+    """Answer one sample under a plan; timings, KV bytes and peak memory (CUDA only).
+
+    Query-agnostic: the visual input is prefilled (and compressed) on its own, then the question follows as
+    a second forward over that cache, so the selection cannot depend on the question (kvpress's setting).
+    """
     model = adapter.model
-    encoded = [adapter.encode(sample)]
+    encoded = adapter.encode(sample)
     cuda = next(model.parameters()).is_cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     context = hybrid_plan(model, plan) if plan is not None else nullcontext(None)
     with torch.no_grad(), context as state, forward_times(model) as times:
-        answer = adapter.generate_encoded(encoded, max_new_tokens)[0]
-    tokens = encoded[0].length + len(times) - 1  # the last generated token is never fed back
+        if query_agnostic:
+            batch = {k: v.to(model.device) for k, v in adapter.collate([encoded]).items()}
+            cut = int(encoded.token_map.positions.max()) + 1  # just after the last visual token
+            context_only = {k: v[:, :cut] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+            cache = DynamicCache(config=model.config)
+            model(**context_only, cache=cache)
+            question = {k: v for k, v in batch.items() if k in SEQUENCE_KEYS}
+            new = model.generate(
+                **question,
+                cache=cache,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=adapter.end_token,
+                pad_token_id=adapter.pad_token,
+            )[:, batch["input_ids"].shape[1] :]
+            answer = adapter.tokenizer.batch_decode(new, skip_special_tokens=True)[0].strip()
+        else:
+            answer = adapter.generate_encoded([encoded], max_new_tokens)[0]
+    before_answer = 2 if query_agnostic else 1  # forwards before the first answer token
+    tokens = encoded.length + len(times) - before_answer  # the last generated token is never fed back
     full = _kv_bytes_full(model, tokens)
+    decode = times[before_answer:]
     return {
         "prediction": answer,
         "correct": exact_match(answer, sample.answer),
-        "prefill_s": times[0],
-        "decode_s_per_token": float(np.mean(times[1:])) if len(times) > 1 else None,
+        "prefill_s": float(sum(times[:before_answer])),
+        "decode_s_per_token": float(np.mean(decode)) if decode else None,
         "kv_bytes": state.kv_bytes() if state is not None else full,
         "kv_bytes_full": full,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
@@ -179,6 +210,7 @@ def accelerate(
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
     prefill: bool = False,
+    query_agnostic: bool = False,
 ) -> list[dict[str, Any]]:
     """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable)."""
     methods = methods or list(METHODS)
@@ -197,8 +229,9 @@ def accelerate(
                 seen.add((row["method"], row["id"]))
                 rows.append(row)
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if rows and (rows[0]["budget"], rows[0]["prefill"]) != (budget, prefill):
-        raise ValueError(f"{out} holds a run with another budget or prefill setting; use a new --out folder")
+    setting = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic}
+    if rows and any(rows[0][k] != v for k, v in setting.items()):
+        raise ValueError(f"{out} holds a run with another budget, prefill or query setting; use a new --out folder")
     done = {(r["method"], r["id"]) for r in rows}
     n_layers, n_kv, _ = _shape(adapter.model)
     with path.open("a") as handle:
@@ -207,9 +240,9 @@ def accelerate(
                 if (method, sample.id) in done:
                     continue
                 share = 1.0 if plan is None else kv_fraction(plan, n_layers, n_kv)
-                row = {"method": method, "id": sample.id, "budget": budget, "prefill": prefill}
+                row = {"method": method, "id": sample.id, **setting}
                 row["visual_kv_share"] = share
-                row.update(_run_one(adapter, sample, plan, max_new_tokens))
+                row.update(_run_one(adapter, sample, plan, max_new_tokens, query_agnostic))
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
                 rows.append(row)
