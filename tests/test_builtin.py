@@ -59,6 +59,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert all(len(summary["core_heads"][d]) == 3 for d in DOMAINS)  # 5% of 64 heads
     for domain in DOMAINS:
         assert (tmp_path / f"score-{domain}" / "heads.json").exists()
+        for picture in (
+            f"score-{domain}/heads.png",
+            f"ablate-{domain}/ablation.png",
+            f"accelerate-{domain}/accelerate.png",
+        ):
+            assert (tmp_path / picture).stat().st_size > 1000
         sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
         assert {("top", 3), ("bottom", 6), ("random-2", 6)} <= set(sweep) and sweep[("top", 3)]["n"] == 3
         methods = {r["method"]: r for r in summary["acceleration"][domain]}

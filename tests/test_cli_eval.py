@@ -68,7 +68,13 @@ def test_score_then_ablate_from_the_command_line(saved_model: Path, tmp_path: Pa
     common = ["--model", str(saved_model), "--data", "synthetic:scenes", "--limit", "4"]
     scored = runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run"), "--maps", "--json"])
     assert scored.exit_code == 0, scored.output
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["heads.json", "manifest.json", "maps", "results"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "heads.json",
+        "heads.png",
+        "manifest.json",
+        "maps",
+        "results",
+    ]
     args = ["--heads", str(tmp_path / "run" / "heads.json"), "--k", "1,25%", "--controls", "bottom,random"]
     args += ["--seeds", "2", "--mode", "patch", "--rankings", "question,ram_minus_distractor:all"]
     done = runner.invoke(app, ["--quiet", "ablate", *common, *args, "--out", str(tmp_path / "ab"), "--json"])
@@ -79,6 +85,7 @@ def test_score_then_ablate_from_the_command_line(saved_model: Path, tmp_path: Pa
     assert ("ram:question", "top", 2) in seen and ("ram_minus_distractor:all", "top", 1) in seen
     assert all("to_source" in r and 0 <= r["p_value"] <= 1 for r in table)
     assert (tmp_path / "ab" / "ablation.json").exists()
+    assert (tmp_path / "ab" / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["ablate", *common, "--heads", str(tmp_path / "run"), "--k", "ten"])
     assert bad.exit_code != 0 and "counts or percentages" in str(bad.exception)  # main() prints it as one line
 
@@ -96,6 +103,7 @@ def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_pat
     shares = {m: r["visual_kv_share"] for m, r in table.items() if m not in ("full", "fastv")}
     assert max(shares.values()) - min(shares.values()) < 1e-6  # one total budget for all
     assert all(r["kv_bytes"] < table["full"]["kv_bytes"] for m, r in table.items() if m != "full")
+    assert (tmp_path / "acc" / "accelerate.png").read_bytes()[:4] == b"\x89PNG"
     lines = (tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()
     assert len(lines) == 3 * 8
     again = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import click
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -218,6 +219,10 @@ def score(
         headset, _ = score_and_select(
             adapter, samples, out_dir, data, group, metric, fraction, count, options, correct_only=True
         )
+    from corehead.report.plots import head_map
+
+    title = f"{headset.metric} per head ({headset.query} rows, {headset.n_samples} samples)"
+    head_map(np.asarray(headset.scores["mean"]), headset.selected, title, out_dir / "heads.png")
     if as_json:
         emit_json(
             {
@@ -229,7 +234,7 @@ def score(
         )
         return
     _print_headset(headset)
-    log(f"results: {out_dir}/ (results/*.parquet, manifest.json, heads.json)")
+    log(f"results: {out_dir}/ (results/*.parquet, manifest.json, heads.json, heads.png)")
 
 
 def _print_headset(headset: Any, top: int = 10) -> None:
@@ -363,11 +368,14 @@ def ablate(
     (out_dir / "ablation.json").write_text(
         json.dumps({"heads": str(heads), "mode": mode, "conditions": table}, indent=2)
     )
+    from corehead.report.plots import ablation_sweep
+
+    ablation_sweep(table, f"{mode} ablation ({len(samples)} samples)", out_dir / "ablation.png")
     if as_json:
         emit_json({"mode": mode, "conditions": table})
         return
     _print_ablation(table, f"{mode} ablation ({len(samples)} samples)")
-    log(f"results: {out_dir}/ (ablation.jsonl, ablation.json)")
+    log(f"results: {out_dir}/ (ablation.jsonl, ablation.json, ablation.png)")
 
 
 def _parse_heads(spec: str) -> list[tuple[int, int]]:
@@ -461,12 +469,15 @@ def accelerate(
     table = summarize_runs(rows)
     result = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic, "methods": table}
     (out_dir / "accelerate.json").write_text(json.dumps(result, indent=2))
+    from corehead.report.plots import kv_tradeoff
+
+    kv_tradeoff(table, f"accuracy vs KV kept at budget {budget:g}", out_dir / "accelerate.png")
     if as_json:
         emit_json(result)
         return
     when = ("prefill and decode" if prefill else "decode") + (", question after compression" if query_agnostic else "")
     _print_acceleration(table, f"KV compression at budget {budget:g} in {when} ({len(samples)} samples)")
-    log(f"results: {out_dir}/ (accelerate.jsonl, accelerate.json)")
+    log(f"results: {out_dir}/ (accelerate.jsonl, accelerate.json, accelerate.png)")
 
 
 def _print_acceleration(table: list[dict[str, Any]], title: str) -> None:
@@ -538,6 +549,11 @@ def demo(
         heads[domain] = headset
     summary["core_heads"] = {d: h.selected for d, h in heads.items()}
     from corehead.experiments.ablate import ablate, parse_k, plan_conditions, summarize
+    from corehead.report.plots import ablation_sweep, head_map, kv_tradeoff
+
+    for domain, headset in heads.items():
+        title = f"RAM per head on {domain}"
+        head_map(np.asarray(headset.scores["mean"]), headset.selected, title, out_dir / f"score-{domain}" / "heads.png")
 
     sweep = {}
     for domain, headset in heads.items():
@@ -557,6 +573,7 @@ def demo(
                 on_progress=advance,
             )
         sweep[domain] = summarize(rows)
+        ablation_sweep(sweep[domain], f"zeroing heads on {domain}", out_dir / f"ablate-{domain}" / "ablation.png")
     summary["ablation"] = sweep
     from corehead.experiments.accelerate import accelerate as run_accelerate
     from corehead.experiments.accelerate import summarize as summarize_runs
@@ -576,6 +593,9 @@ def demo(
                 on_progress=advance,
             )
         compared[domain] = summarize_runs(rows)
+        kv_tradeoff(
+            compared[domain], f"KV compression on {domain}", out_dir / f"accelerate-{domain}" / "accelerate.png"
+        )
     summary["acceleration"] = compared
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:

@@ -1,0 +1,1 @@
+"""Pictures of results (matplotlib, written as PNG next to the results they show)."""
