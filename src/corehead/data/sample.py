@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +46,8 @@ class VisualUnit:
     """One image, document page or video frame, as the model will be fed it.
 
     `source` is a file path (absolute once loaded) or a descriptive id for in-memory images; `image`
-    holds the pixels when they were generated rather than read from a file.
+    holds the pixels when they were generated rather than read from a file; `render` makes them on demand
+    (a PDF page rendered, a JPEG decoded from a parquet row) so a long document is not held in memory.
     """
 
     kind: UnitKind
@@ -57,11 +58,14 @@ class VisualUnit:
     frame: int | None = None
     timestamp: float | None = None
     image: Image.Image | None = field(default=None, repr=False, compare=False)
+    render: Callable[[], Image.Image] | None = field(default=None, repr=False, compare=False)
 
     def load(self) -> Image.Image:
         """The unit's pixels as an RGB image, checked against the declared size (boxes are in those pixels)."""
         if self.image is not None:
             image = self.image.convert("RGB")
+        elif self.render is not None:
+            image = self.render().convert("RGB")
         else:
             with Image.open(self.source) as img:
                 image = img.convert("RGB")
@@ -302,7 +306,7 @@ def read_jsonl(
 
 
 def write_jsonl(samples: Iterable[Sample], out_dir: Path, name: str = "samples.jsonl") -> Path:
-    """Write samples to out_dir/name; in-memory images are saved as PNGs under out_dir/images/."""
+    """Write samples to out_dir/name; in-memory and rendered images are saved as PNGs under out_dir/images/."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images = out_dir / "images"
     target = out_dir / name
@@ -310,10 +314,10 @@ def write_jsonl(samples: Iterable[Sample], out_dir: Path, name: str = "samples.j
         for sample in samples:
             units = []
             for k, unit in enumerate(sample.units):
-                if unit.image is not None:
+                if unit.image is not None or unit.render is not None:
                     images.mkdir(exist_ok=True)
                     file = images / f"{_safe(sample.id)}_{k}.png"
-                    unit.image.save(file)
+                    unit.load().save(file)
                     unit = VisualUnit(
                         unit.kind,
                         str(file.resolve()),

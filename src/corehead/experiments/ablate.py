@@ -43,7 +43,7 @@ from corehead.attention.recorder import decoder_attention
 from corehead.data.sample import Sample
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
-from corehead.metrics.tasks import exact_match
+from corehead.metrics.tasks import score_answer
 from corehead.models.base import ChatAdapter, Encoded, sample_region_tokens
 
 MODES: tuple[str, ...] = ("zero", "mean", "query-zero", "mask-visual", "mask-region", "patch")
@@ -282,13 +282,13 @@ def ablate(
                         "mode": mode,
                         "heads": [list(h) for h in condition.heads],
                         "prediction": answer,
-                        "correct": exact_match(answer, sample.answer),
+                        "correct": score_answer(sample, answer, adapter),
                         "answer_logprob": logp,
                     }
                     if mode == "patch":  # did the answer move to the source's?
                         source = sources[sample.id]
                         row["source"] = source.id
-                        row["to_source"] = exact_match(answer, source.answer)
+                        row["to_source"] = score_answer(source, answer, adapter)
                     handle.write(json.dumps(row) + "\n")
                     rows.append(row)
                 handle.flush()

@@ -37,7 +37,7 @@ from corehead.attention.hybrid import KVPlan, hybrid_plan, kv_fraction
 from corehead.data.sample import Sample
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci
-from corehead.metrics.tasks import exact_match
+from corehead.metrics.tasks import score_answer
 from corehead.models.base import ChatAdapter
 
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # inputs laid along the sequence
@@ -190,7 +190,7 @@ def _run_one(
     decode = times[before_answer:]
     return {
         "prediction": answer,
-        "correct": exact_match(answer, sample.answer),
+        "correct": score_answer(sample, answer, adapter),
         "prefill_s": float(sum(times[:before_answer])),
         "decode_s_per_token": float(np.mean(decode)) if decode else None,
         "kv_bytes": state.kv_bytes() if state is not None else full,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corehead.data.sample import Sample
-from corehead.metrics.tasks import exact_match
+from corehead.metrics.tasks import score_answer
 from corehead.models.base import ModelAdapter
 
 
@@ -72,7 +72,7 @@ def evaluate(
                     "question": sample.question,
                     "answer": sample.answer,
                     "prediction": answer,
-                    "correct": exact_match(answer, sample.answer),
+                    "correct": score_answer(sample, answer, adapter),
                 }
                 done[sample.id] = row
                 if handle is not None:

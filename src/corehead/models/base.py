@@ -232,7 +232,7 @@ class ChatAdapter(ABC):
     def encode(self, sample: Sample, answer: bool = False) -> Encoded:
         pieces: list[Piece] = [("question", sample.question), ("prompt", self.assistant_prefix)]
         if answer:
-            pieces += [("answer", sample.answer), ("end", self.end_of_turn)]
+            pieces += [("answer", self.gold_answer(sample)), ("end", self.end_of_turn)]
         try:
             assembled = self.assemble(sample.units, self.user_prefix, pieces)
         except (ValueError, OSError) as exc:
@@ -263,6 +263,18 @@ class ChatAdapter(ABC):
     def seen_size(self, unit: VisualUnit) -> tuple[int, int] | None:
         """(width, height) of `unit` as the model sees it after resizing, where the family's boxes need it."""
         return None
+
+    def gold_answer(self, sample: Sample) -> str:
+        """The answer text to teacher-force: a grounding sample's box in this family's own convention."""
+        if sample.meta.get("task") != "grounding":
+            return sample.answer
+        from corehead.models.grounding import format_box
+
+        unit = sample.units[sample.regions[0].unit]
+        box = sample.regions[0].box
+        if box is None:
+            raise SampleError(sample.id, "regions[0]", "a grounding sample needs a box")
+        return format_box(box, self.family, unit.width, unit.height, self.seen_size(unit))
 
     def parse_boxes(self, text: str, unit: VisualUnit) -> list[Box]:
         """Boxes written in a generated answer, mapped from the family's convention to `unit`'s pixels."""

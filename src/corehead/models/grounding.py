@@ -60,6 +60,23 @@ def to_image_box(box: Box, convention: str, width: int, height: int, seen_size: 
     return (xs[0], ys[0], xs[1], ys[1])
 
 
+def format_box(box: Box, family: str, width: int, height: int, seen_size: tuple[int, int] | None = None) -> str:
+    """A box in pixels of the original image written as `family` writes boxes: "[x0, y0, x1, y1]" in its
+    convention (the gold answer a grounding sample is teacher-forced with)."""
+    if family not in CONVENTIONS:
+        raise ValueError(f"no box convention known for {family!r}; known: {', '.join(CONVENTIONS)}")
+    convention = CONVENTIONS[family]
+    x0, y0, x1, y1 = box
+    if convention == "pixels":
+        if seen_size is None:
+            raise ValueError("absolute-pixel boxes need the size of the image the model saw")
+        sx, sy = seen_size[0] / width, seen_size[1] / height
+        return f"[{round(x0 * sx)}, {round(y0 * sy)}, {round(x1 * sx)}, {round(y1 * sy)}]"
+    if convention == "thousandths":
+        return f"[{round(x0 / width * 1000)}, {round(y0 / height * 1000)}, {round(x1 / width * 1000)}, {round(y1 / height * 1000)}]"
+    return f"[{x0 / width:.3f}, {y0 / height:.3f}, {x1 / width:.3f}, {y1 / height:.3f}]"
+
+
 def parse_boxes(text: str, family: str, width: int, height: int, seen_size: tuple[int, int] | None = None) -> list[Box]:
     """The boxes a model of `family` wrote in `text`, in pixels of the original image."""
     if family not in CONVENTIONS:
