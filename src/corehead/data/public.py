@@ -35,6 +35,7 @@ def samples(
     make: Callable[[Item], Sample | None],
     skip: Callable[[SampleError], None] | None,
     where: str = "",
+    require_region: bool = True,
 ) -> Iterator[Sample]:
     """make(item) for each item, validated; a SampleError stops the stream, or goes to `skip` and is passed
     over. `make` returns None for items that are not samples of this task (e.g. open-ended questions)."""
@@ -43,7 +44,7 @@ def samples(
             sample = make(item)
             if sample is None:
                 continue
-            validate(sample, where=where)
+            validate(sample, where=where, require_region=require_region)
         except SampleError as error:
             if skip is None:
                 raise

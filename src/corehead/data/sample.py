@@ -96,8 +96,12 @@ class Sample:
         return str(self.meta.get("domain", "custom"))
 
 
-def validate(sample: Sample, require_answer: bool = True, where: str = "") -> None:
-    """Raise SampleError naming the sample and field if the sample cannot be used."""
+def validate(sample: Sample, require_answer: bool = True, where: str = "", require_region: bool = True) -> None:
+    """Raise SampleError naming the sample and field if the sample cannot be used.
+
+    `require_region=False` admits samples without evidence regions (datasets with none, e.g. MLVU): they
+    can be answered (eval, accelerate) but not scored for RAM.
+    """
     sid = sample.id
 
     def fail(field_name: str, problem: str) -> None:
@@ -124,7 +128,7 @@ def validate(sample: Sample, require_answer: bool = True, where: str = "") -> No
         fail("question", "empty question")
     if require_answer and not sample.answer.strip():
         fail("answer", "empty answer")
-    if not sample.regions:
+    if require_region and not sample.regions:
         fail("regions", "a grounded sample needs at least one region")
     for group in ("regions", "distractors"):
         for j, region in enumerate(getattr(sample, group)):

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
-from corehead.data.sample import Sample
+from corehead.data.sample import Sample, SampleError
 from corehead.experiments.evaluate import evaluate
 from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
 from corehead.metrics.ram import STATS
@@ -133,6 +133,9 @@ def load_maps(out: Path, sample_id: str) -> dict[str, np.ndarray]:
 def _score_batch(
     adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions
 ) -> tuple[pa.Table, int, dict[str, torch.Tensor]]:
+    for s in samples:
+        if not s.regions:
+            raise SampleError(s.id, "regions", "RAM needs an evidence region; this sample has none (eval it instead)")
     encoded = [adapter.encode(s, answer=options.answer and not options.generated) for s in samples]
     batch = adapter.collate(encoded)
     width = int(batch["input_ids"].shape[1])
