@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,10 +15,14 @@ Item = TypeVar("Item")
 
 
 def inside(root: Path, relative: str | Path, sample_id: str, field_name: str, where: str = "") -> Path:
-    """root / relative, refused (SampleError) when it escapes the root or does not exist."""
-    base = root.resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base):
+    """root / relative, refused (SampleError) when it escapes the root or does not exist.
+
+    The check is on the path as written (absolute paths and `..` are refused); symlinks the user placed
+    inside the root (a shared COCO image folder) are followed.
+    """
+    base = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(base / relative))
+    if Path(relative).is_absolute() or not path.is_relative_to(base):
         raise SampleError(sample_id, field_name, f"path {str(relative)!r} leaves the dataset folder", where)
     if not path.exists():
         raise SampleError(sample_id, field_name, f"missing file {path}", where)

@@ -286,27 +286,35 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def read_jsonl(
-    path: Path, skip_invalid: bool = False, report: LoadReport | None = None, require_answer: bool = True
-) -> Iterator[Sample]:
-    """Samples from a JSONL file. A bad line raises SampleError unless `skip_invalid`, which records it."""
-    base = path.parent
+def json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """(file:line, parsed object) per non-empty line of a JSONL file; a line that is not JSON comes as a
+    SampleError naming it, so a caller can raise it or skip it and go on."""
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             where = f"{path.name}:{line_no}"
             try:
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SampleError("?", "<line>", f"invalid JSON ({exc.msg})", where) from None
-                yield sample_from_json(obj, base, where, require_answer=require_answer)
-            except SampleError as exc:
-                if not skip_invalid:
-                    raise
-                if report is not None:
-                    report.skipped.append(str(exc))
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, SampleError("?", "<line>", f"invalid JSON ({exc.msg})", where)
+
+
+def read_jsonl(
+    path: Path, skip_invalid: bool = False, report: LoadReport | None = None, require_answer: bool = True
+) -> Iterator[Sample]:
+    """Samples from a JSONL file. A bad line raises SampleError unless `skip_invalid`, which records it."""
+    base = path.parent
+    for where, obj in json_lines(path):
+        try:
+            if isinstance(obj, SampleError):
+                raise obj
+            yield sample_from_json(obj, base, where, require_answer=require_answer)
+        except SampleError as exc:
+            if not skip_invalid:
+                raise
+            if report is not None:
+                report.skipped.append(str(exc))
 
 
 def write_jsonl(samples: Iterable[Sample], out_dir: Path, name: str = "samples.jsonl") -> Path:
