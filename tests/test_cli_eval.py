@@ -66,7 +66,7 @@ def test_score_then_ablate_from_the_command_line(saved_model: Path, tmp_path: Pa
     """The issue's commands: score a run, then cut its top heads with controls and compared rankings."""
     runner = CliRunner()
     common = ["--model", str(saved_model), "--data", "synthetic:scenes", "--limit", "4"]
-    scored = runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run"), "--maps", "--json"])
+    scored = runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run"), "--maps", "2", "--json"])
     assert scored.exit_code == 0, scored.output
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "heads.json",

@@ -120,18 +120,20 @@ def test_unit_masses_and_maps_are_written_per_sample(tiny_builtin: QwenVLAdapter
     from corehead.experiments.score import load_maps
 
     samples = [next(generate(d, 1, seed=8)) for d in ("scenes", "pages", "clips")]
-    run = score(tiny_builtin, samples, tmp_path, "maps", ScoreOptions(batch_size=2, maps=True))
+    run = score(tiny_builtin, samples, tmp_path, "maps", ScoreOptions(batch_size=2, maps=2))
     rows = run.table.to_pylist()
     for row in rows:
         sample = next(s for s in samples if s.id == row["sample_id"])
         assert len(row["unit_mass"]) == len(sample.units)
         assert sum(row["unit_mass"]) == pytest.approx(row["visual_mass"], abs=1e-5)
-    for sample in samples:
+    for sample in samples[:2]:  # maps for the first two only
         maps = load_maps(tmp_path, sample.id)
         n = maps["attention"].shape[-1]
+        assert maps["sizes"].tolist() == [[u.width, u.height] for u in sample.units]
+        assert maps["image0"].dtype == np.uint8 and max(maps["image0"].shape[:2]) <= 384
         assert maps["cells"].shape == (n, 4) and maps["region"].shape == (n,) and maps["region"].any()
         ram = (maps["attention"].astype(np.float64) * maps["region"]).sum(-1)
         for row in (r for r in rows if r["sample_id"] == sample.id and r["query"] == "question"):
             assert ram[row["layer"], row["head"], 1] == pytest.approx(row["ram"], abs=2e-3)  # float16 maps
     with pytest.raises(KeyError, match="no maps for sample"):
-        load_maps(tmp_path, "missing")
+        load_maps(tmp_path, samples[2].id)

@@ -188,8 +188,8 @@ def score(
         bool, typer.Option("--correct-only", help="Also rank on correctly answered samples (heads-correct.json).")
     ] = False,
     maps: Annotated[
-        bool, typer.Option("--maps", help="Also keep every head's attention map over the visual tokens (RUN/maps/).")
-    ] = False,
+        int, typer.Option("--maps", help="Keep every head's attention maps for the first N samples (RUN/maps/).")
+    ] = 0,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 4,
     as_json: JsonOpt = False,

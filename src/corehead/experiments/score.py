@@ -3,8 +3,9 @@
 RUN/results/part-*.parquet holds one row per (sample, layer, head, query group) with every statistic of
 metrics/ram.py and `unit_mass`, the attention mass on each of the sample's units (image, page or frame);
 each part is written whole (temp file + rename), so an interrupted run loses at most the batch in flight,
-and a rerun skips the samples already there. RUN/manifest.json says what was run. With `maps`, RUN/maps/
-part-*.safetensors keeps each sample's per-token attention maps and token cells for the report.
+and a rerun skips the samples already there. RUN/manifest.json says what was run. With `maps` = N, RUN/maps/
+part-*.safetensors keeps the first N samples' per-token attention maps, token cells and (downscaled)
+pictures for the report.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter, sample_region_tokens
 
+MAP_PICTURE = 384  # px on the longer side of the pictures kept with maps
+
 
 @dataclass
 class ScoreOptions:
@@ -40,7 +43,7 @@ class ScoreOptions:
     answer: bool = True  # teacher-force the gold answer so its rows can be recorded
     generated: bool = False  # instead, generate an answer and record its tokens' rows ('generated' group)
     max_new_tokens: int = 16
-    maps: bool = False  # also keep every head's map over the visual tokens (RUN/maps/, see load_maps)
+    maps: int = 0  # keep every head's map over the visual tokens for the first `maps` samples (see load_maps)
 
 
 @dataclass
@@ -94,6 +97,7 @@ def score(
     _manifest(out, adapter, dataset, options)
     done = _done_ids(out)
     todo = [s for s in samples if s.id not in done]
+    mapped = {s.id for s in samples[: options.maps]}
     if on_progress is not None and len(todo) < len(samples):
         on_progress(len(samples) - len(todo))
     part = len(list((out / "results").glob("part-*.parquet")))
@@ -101,7 +105,7 @@ def score(
     with decoder_attention(adapter.model):
         for start in range(0, len(todo), options.batch_size):
             chunk = todo[start : start + options.batch_size]
-            table, fell_back, maps = _score_batch(adapter, chunk, options)
+            table, fell_back, maps = _score_batch(adapter, chunk, options, mapped)
             fallbacks += fell_back
             if maps:  # before the results part: a sample with results always has its maps
                 (out / "maps").mkdir(exist_ok=True)
@@ -120,18 +124,20 @@ def score(
 
 def load_maps(out: Path, sample_id: str) -> dict[str, np.ndarray]:
     """One sample's maps from a run scored with `maps`: `attention` [layers, heads, groups, N] (mass on each
-    visual token per query group of ROW_GROUPS), `cells` [N, 4] (pixels in its unit), `units` [N], `region`
-    and `distractors` [N] bool."""
+    visual token per query group of ROW_GROUPS), `cells` [N, 4] (pixels in its unit), `units` and `spans`
+    [N] (first unit covered, how many), `region` and `distractors` [N] bool, `sizes` [units, 2] (width,
+    height of each unit) and `image0`, `image1`, ... (each unit's picture, uint8 [h, w, 3], at most
+    MAP_PICTURE px on a side)."""
     for path in sorted((out / "maps").glob("part-*.safetensors")):
         with safe_open(str(path), framework="numpy") as f:
             keys = [k for k in f.keys() if k.rsplit("/", 1)[0] == sample_id]  # noqa: SIM118 (not a dict)
             if keys:
                 return {k.rsplit("/", 1)[1]: f.get_tensor(k) for k in keys}
-    raise KeyError(f"no maps for sample {sample_id!r} in {out}/maps (score with maps=True / --maps)")
+    raise KeyError(f"no maps for sample {sample_id!r} in {out}/maps (score with --maps N)")
 
 
 def _score_batch(
-    adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions
+    adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions, mapped: set[str]
 ) -> tuple[pa.Table, int, dict[str, torch.Tensor]]:
     for s in samples:
         if not s.regions:
@@ -149,7 +155,7 @@ def _score_batch(
     plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
     device = adapter.model.device
     inputs = {k: v.to(device) for k, v in batch.items()}
-    plan.keep_maps = options.maps
+    plan.keep_maps = any(s.id in mapped for s in samples)
     groups = list(ROW_GROUPS)
     with torch.no_grad(), record(plan):
         if options.generated:
@@ -182,10 +188,18 @@ def _score_batch(
     units = stats[..., len(STATS) :].reshape(len(idx[0]), -1).numpy().astype(np.float32)
     columns["unit_mass"] = [units[r, : len(samples[b].units)] for r, b in enumerate(idx[0])]
     maps: dict[str, torch.Tensor] = {}
-    if options.maps:
+    if plan.keep_maps:
         attention = torch.stack([plan.maps[layer] for layer in sorted(plan.maps)], dim=1)  # [B, L, H, G, N]
         for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
+            if s.id not in mapped:
+                continue
             n = len(e.token_map)
+            maps[f"{s.id}/spans"] = torch.from_numpy(e.token_map.spans.astype(np.int64))
+            maps[f"{s.id}/sizes"] = torch.tensor([[u.width, u.height] for u in s.units], dtype=torch.int64)
+            for k, unit in enumerate(s.units):
+                picture = unit.load()
+                picture.thumbnail((MAP_PICTURE, MAP_PICTURE))
+                maps[f"{s.id}/image{k}"] = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())
             maps[f"{s.id}/attention"] = attention[b, ..., :n].to(torch.float16).contiguous()
             maps[f"{s.id}/cells"] = torch.from_numpy(e.token_map.cells.astype(np.float32))
             maps[f"{s.id}/units"] = torch.from_numpy(e.token_map.units.astype(np.int64))
