@@ -537,14 +537,19 @@ def demo(
     }
     if not as_json:
         out.print(_accuracy_table("built-in model, held-out synthetic samples", result.by_domain(), summary))
-    from corehead.experiments.score import score_and_select
+    from corehead.experiments.score import ScoreOptions, score_and_select
 
     heads = {}
     for domain in synthetic.DOMAINS:
         chosen = [s for s in samples if s.domain == domain][:n_score]
         with progress(f"scoring heads on {domain}", len(chosen)) as advance:
             headset, _ = score_and_select(
-                adapter, chosen, out_dir / f"score-{domain}", f"synthetic:{domain}", on_progress=advance
+                adapter,
+                chosen,
+                out_dir / f"score-{domain}",
+                f"synthetic:{domain}",
+                options=ScoreOptions(maps=4),  # maps of a few samples, for the report's overlays
+                on_progress=advance,
             )
         heads[domain] = headset
     summary["core_heads"] = {d: h.selected for d, h in heads.items()}
@@ -597,6 +602,9 @@ def demo(
             compared[domain], f"KV compression on {domain}", out_dir / f"accelerate-{domain}" / "accelerate.png"
         )
     summary["acceleration"] = compared
+    from corehead.report.html import write_report
+
+    summary["report"] = str(write_report([out_dir], out_dir / "report.html"))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         emit_json(summary)
@@ -623,6 +631,29 @@ def demo(
         table.add_row(domain, *(f"{by[m]['accuracy']:.2f}, {by[m]['kv_bytes_vs_full']:.2f}x" for m in DEMO_METHODS))
     out.print(table)
     log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/, ablate-*/, accelerate-*/)")
+    log(f"report: {summary['report']}")
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders (score, ablate, accelerate or demo); searched recursively.")
+    ],
+    out_file: Annotated[
+        Path, typer.Option("--out", help="HTML file to write; its plots and summary.json go to <name>_files/.")
+    ] = Path("report.html"),
+    samples: Annotated[int, typer.Option("--samples", help="Samples with attention maps shown per scoring run.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """One self-contained HTML study of runs: heads, attention overlays, ablation, acceleration, a head explorer."""
+    from corehead.report.html import write_report
+
+    path = write_report(runs, out_file, samples)
+    files = path.parent / f"{path.stem}_files"
+    if as_json:
+        emit_json({"report": str(path), "files": str(files)})
+        return
+    log(f"wrote {path} (plots and summary.json in {files}/)")
 
 
 DEMO_METHODS = ("full", "core", "uniform", "duo", "bottom")

@@ -1,7 +1,7 @@
 """Figures for scoring, ablation and KV-compression results; each takes the summary rows a command wrote.
 
 Figures are built with matplotlib's object API (no pyplot state, no display needed); every function
-writes one PNG and returns its path.
+writes one figure (PNG, or SVG when the path ends in .svg) and returns its path.
 """
 
 from __future__ import annotations
@@ -65,16 +65,94 @@ def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
 
 def kv_tradeoff(table: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Accuracy (95% CI) against KV bytes kept (share of full), one point per method."""
+    return _tradeoff(table, "kv_bytes_vs_full", "KV bytes kept (share of full)", title, path)
+
+
+def decode_tradeoff(table: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Accuracy (95% CI) against decode time per token (share of full), one point per method."""
+    return _tradeoff(table, "decode_s_per_token_vs_full", "decode time per token (share of full)", title, path)
+
+
+def _tradeoff(table: list[dict[str, Any]], key: str, xlabel: str, title: str, path: Path) -> Path:
+    """Accuracy with its 95% CI against one *_vs_full ratio of each method (1.0 where the ratio is missing)."""
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     for r in table:
-        share = r["kv_bytes_vs_full"] if r["kv_bytes_vs_full"] is not None else 1.0
+        share = r[key] if r.get(key) is not None else 1.0
         lo, hi = r["accuracy_ci"]
         ax.errorbar(share, r["accuracy"], yerr=[[r["accuracy"] - lo], [hi - r["accuracy"]]], fmt="o", capsize=3)
         ax.annotate(r["method"], (share, r["accuracy"]), textcoords="offset points", xytext=(5, 3), fontsize=8)
-    ax.set_xlabel("KV bytes kept (share of full)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def layer_profile(profile: np.ndarray, selected: list[tuple[int, int]], title: str, path: Path) -> Path:
+    """Mean score per layer as bars, with the number of selected heads in each layer written on its bar."""
+    fig = Figure(figsize=(max(4.0, len(profile) * 0.3), 3.0))
+    ax = fig.subplots()
+    bars = ax.bar(np.arange(len(profile)), profile, color="tab:blue")
+    counts = np.bincount([layer for layer, _ in selected], minlength=len(profile))
+    ax.bar_label(bars, labels=[str(c) if c else "" for c in counts], fontsize=8, color="red")
+    ax.set_xticks(np.arange(len(profile)))
+    ax.set_xlabel("layer (red: selected heads in it)")
+    ax.set_ylabel("mean score over heads")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def attention_overlay(
+    pictures: list[np.ndarray],
+    heats: list[list[np.ndarray]],
+    boxes: list[tuple[float, float, float, float] | None],
+    labels: list[str],
+    title: str,
+    path: Path,
+) -> Path:
+    """A grid of one sample's pictures (columns) with each head's attention (rows) laid over them.
+
+    heats[row][unit] is a map at the picture's resolution (any scale; each row is shown relative to its own
+    maximum), boxes[unit] the evidence region's box in picture pixels (None: no region there).
+    """
+    rows, cols = len(heats), len(pictures)
+    fig = Figure(figsize=(1.0 + 1.8 * cols, 0.6 + 1.8 * rows))
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for r, row in enumerate(heats):
+        top = max(float(h.max()) for h in row) or 1.0
+        for c, (picture, heat) in enumerate(zip(pictures, row, strict=True)):
+            ax = axes[r, c]
+            ax.imshow(picture)
+            ax.imshow(heat / top, cmap="inferno", alpha=0.6, vmin=0.0, vmax=1.0)
+            box = boxes[c]
+            if box is not None:
+                x0, y0, x1, y1 = box
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(labels[r], fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def unit_mass(masses: dict[str, np.ndarray], xlabel: str, title: str, path: Path) -> Path:
+    """Attention mass on each unit (page or frame) per head, one line per head, for multi-unit samples."""
+    fig = Figure(figsize=(6.0, 3.0))
+    ax = fig.subplots()
+    for label, values in masses.items():
+        ax.plot(np.arange(len(values)), values, marker="o", label=label)
+    ax.set_xticks(np.arange(max(len(v) for v in masses.values())))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("attention mass")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
