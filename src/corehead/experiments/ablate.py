@@ -262,6 +262,8 @@ def ablate(
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ablation.jsonl"
     rows = _read_rows(path)
+    if any(r.get("mode") != mode for r in rows):
+        raise ValueError(f"{out} holds ablations in another mode; use a new --out folder")
     done = {(r["ranking"], r["condition"], r["k"], r["id"]) for r in rows}
     means: dict[int, torch.Tensor] = {}
     if mode == "mean":  # each head's mean output over reference samples (the first batch)
