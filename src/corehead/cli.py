@@ -43,6 +43,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin', a local
 DataOpt = Annotated[
     str, typer.Option("--data", "-d", help="synthetic:scenes|pages|clips|all, a samples.jsonl or its folder.")
 ]
+HeadsOpt = Annotated[Path, typer.Option("--heads", help="heads.json (or its scoring run folder) that ranks the heads.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of synthetic data (different seeds, different samples).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed samples (counted) instead of failing.")]
@@ -269,9 +270,7 @@ def heads_show(
     top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 10,
 ) -> None:
     """Print a head set's top heads and layer profile."""
-    from corehead.heads import HeadSet
-
-    _print_headset(HeadSet.load(path / "heads.json" if path.is_dir() else path), top)
+    _print_headset(_headset(path), top)
 
 
 @heads_app.command("compare")
@@ -280,9 +279,9 @@ def heads_compare(
     second: Annotated[Path, typer.Argument(help="heads.json of another run.")],
 ) -> None:
     """Overlap of two head sets: Jaccard of the selections, Spearman correlation of the rankings."""
-    from corehead.heads import HeadSet, overlap
+    from corehead.heads import overlap
 
-    a, b = (HeadSet.load(p / "heads.json" if p.is_dir() else p) for p in (first, second))
+    a, b = (_headset(p) for p in (first, second))
     emit_json(overlap(a, b))
 
 
@@ -293,9 +292,9 @@ def heads_export(
     out_file: Annotated[Path, typer.Option("--out", help="File to write.")],
 ) -> None:
     """Write a head set in a peer's format."""
-    from corehead.heads import HeadSet, to_duo_tsv, to_retrieval_head
+    from corehead.heads import to_duo_tsv, to_retrieval_head
 
-    headset = HeadSet.load(path / "heads.json" if path.is_dir() else path)
+    headset = _headset(path)
     if to == "retrieval-head":
         out_file.write_text(json.dumps(to_retrieval_head(headset)))
     elif to == "duo":
@@ -307,7 +306,7 @@ def heads_export(
 
 @app.command()
 def ablate(
-    heads: Annotated[Path, typer.Option("--heads", help="heads.json (or its run folder) that ranks the heads.")],
+    heads: HeadsOpt,
     model: ModelOpt = "builtin",
     data: DataOpt = "synthetic:all",
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (ablation.jsonl, ablation.json).")] = Path(
@@ -345,9 +344,8 @@ def ablate(
     from corehead.experiments.ablate import ablate as run_ablate
     from corehead.experiments.ablate import parse_k, plan_conditions, summarize
     from corehead.experiments.score import run_rankings
-    from corehead.heads import HeadSet
 
-    headset = HeadSet.load(heads / "heads.json" if heads.is_dir() else heads)
+    headset = _headset(heads)
     ks = parse_k(k, len(headset.ranking))
     chosen = {f"{headset.metric}:{headset.query}": headset.ranking}
     if rankings:
@@ -376,6 +374,13 @@ def ablate(
         return
     _print_ablation(table, f"{mode} ablation ({len(samples)} samples)")
     log(f"results: {out_dir}/ (ablation.jsonl, ablation.json, ablation.png)")
+
+
+def _headset(path: Path) -> Any:
+    """The HeadSet in heads.json, given the file or its scoring run folder."""
+    from corehead.heads import HeadSet
+
+    return HeadSet.load(path / "heads.json" if path.is_dir() else path)
 
 
 def _parse_heads(spec: str) -> list[tuple[int, int]]:
@@ -415,7 +420,7 @@ def _print_ablation(table: list[dict[str, Any]], title: str) -> None:
 
 @app.command()
 def accelerate(
-    heads: Annotated[Path, typer.Option("--heads", help="heads.json (or its run folder) with the CoRe heads.")],
+    heads: HeadsOpt,
     model: ModelOpt = "builtin",
     data: DataOpt = "synthetic:all",
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder (accelerate.jsonl, accelerate.json).")] = Path(
@@ -445,9 +450,8 @@ def accelerate(
     """Full visual KV only for CoRe heads vs full attention and other methods at the same KV budget."""
     from corehead.experiments.accelerate import accelerate as run_accelerate
     from corehead.experiments.accelerate import summarize as summarize_runs
-    from corehead.heads import HeadSet
 
-    headset = HeadSet.load(heads / "heads.json" if heads.is_dir() else heads)
+    headset = _headset(heads)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     samples = _load_samples(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
