@@ -219,3 +219,13 @@ def test_hybrid_on_llava_and_internvl(kind: str) -> None:
         for buf in layer.buffers:
             whole = index == 0 and 0 in buf.heads  # the KV head serving head (0, 0)
             assert (buf.keys.shape[2] == layer.logical) == whole, (index, buf.heads, groups)
+
+
+def test_beam_search_is_refused_clearly(tiny_builtin: QwenVLAdapter) -> None:
+    batch = tiny_builtin.collate([tiny_builtin.encode(make_sample("scenes", 1, 0))])
+    with (
+        torch.no_grad(),
+        hybrid(tiny_builtin.model, [], budget=0.5),
+        pytest.raises(ValueError, match="does not support"),
+    ):
+        tiny_builtin.model.generate(**batch, max_new_tokens=3, num_beams=2, do_sample=False)

@@ -127,13 +127,18 @@ class HybridLayer(DynamicLayer):
         self.keys = self.values = torch.tensor([])
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("the hybrid cache does not support beam search")
+        _refuse("beam search")
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("the hybrid cache does not support selecting batch rows")
+        _refuse("selecting batch rows")
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("the hybrid cache does not support repeating batch rows")
+        _refuse("repeating batch rows (num_return_sequences > 1)")
+
+
+def _refuse(what: str) -> None:
+    """Cache operations the per-head buffers do not support: a clear error instead of a wrong result."""
+    raise ValueError(f"the hybrid KV cache does not support {what}; use greedy or sampled generate, one sequence each")
 
 
 def visual_token_ids(config: Any) -> list[int]:
