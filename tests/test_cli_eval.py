@@ -109,7 +109,7 @@ def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_pat
     again = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--max-new-tokens", "3"])
     assert again.exit_code == 0 and len((tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()) == 24
     other = runner.invoke(app, ["accelerate", *common, *args, "--prefill", "--methods", "full,core"])
-    assert other.exit_code != 0 and "another budget, prefill or query" in str(other.exception)
+    assert other.exit_code != 0 and "other settings (prefill was false)" in str(other.exception)
     args[-2] = str(tmp_path / "acc-prefill")
     prefilled = runner.invoke(app, ["--quiet", "accelerate", *common, *args, "--prefill", "--methods", "full,core,duo"])
     assert prefilled.exit_code == 0, prefilled.output

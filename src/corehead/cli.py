@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,14 @@ SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip malformed sa
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a checkpoint's own Python code to run.")]
 MaxPixelsOpt = Annotated[int | None, typer.Option("--max-pixels", help="Cap the pixels fed per image or page.")]
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", help="Keep at most this many frames per video.")]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option("--device-map", help="'auto' spreads a model too large for one GPU over all (default: one device)."),
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights dtype: float32, bfloat16, float16 or auto.")]
+ProcsOpt = Annotated[
+    int, typer.Option("--num-processes", help="Shard the samples over N processes (launched with accelerate).")
+]
 
 
 @app.callback()
@@ -106,16 +115,77 @@ def _load_samples(spec: str, n: int | None, seed: int, skip_invalid: bool) -> li
 
 
 def _load_model(
-    name: str, trust_remote_code: bool = False, max_pixels: int | None = None, max_frames: int | None = None
+    name: str,
+    trust_remote_code: bool = False,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
+    device_map: str | None = None,
+    dtype: str = "float32",
 ) -> Any:
+    """The model on this process's GPU when there is one (or spread with --device-map auto), else the CPU."""
+    import torch
     from transformers.utils import logging as hf_logging
 
     from corehead.models import load_model
 
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if STATE["quiet"]:
         hf_logging.disable_progress_bar()
+    placement: str | dict[str, Any] | None = device_map
+    if device_map is None and torch.cuda.is_available():
+        placement = {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"}
     log(f"loading model {name} ...")
-    return load_model(name, trust_remote_code=trust_remote_code, max_pixels=max_pixels, max_frames=max_frames)
+    return load_model(
+        name,
+        dtype=dtype,
+        device_map=placement,
+        trust_remote_code=trust_remote_code,
+        max_pixels=max_pixels,
+        max_frames=max_frames,
+    )
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _scale_out(num_processes: int) -> Any:
+    """This process's Shard. With N > 1 outside a distributed launch, relaunches the command on N processes
+    with accelerate and exits with its status; workers other than the main one run quietly."""
+    from corehead.experiments.runs import current_shard
+
+    if num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {num_processes}")
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise typer.Exit(_launch(num_processes))
+    shard = current_shard()
+    if not shard.main:
+        STATE["quiet"] = True
+    return shard
+
+
+def _launch(n: int) -> int:
+    """`accelerate launch --num_processes n -m corehead <this command without --num-processes>`."""
+    import socket
+    import subprocess
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--num-processes="):
+            skip = False
+            continue
+        if arg == "--num-processes":
+            skip = True
+            continue
+        args.append(arg)
+    with socket.socket() as sock:  # a free port for the process group's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(port), "-m", "corehead", *args]
+    log(f"running on {n} processes: accelerate launch --num_processes {n} -m corehead {' '.join(args)}")
+    return subprocess.call(launch)
 
 
 def _accuracy_table(title: str, by_domain: dict[str, dict[str, float]], total: dict[str, float]) -> Table:
@@ -130,11 +200,17 @@ def _accuracy_table(title: str, by_domain: dict[str, dict[str, float]], total: d
     return table
 
 
-def _run_eval(adapter: Any, samples: list[Any], out_file: Path | None, batch_size: int) -> Any:
+def _run_eval(adapter: Any, samples: list[Any], out_file: Path | None, batch_size: int, shard: Any = None) -> Any:
     from corehead.experiments.evaluate import evaluate
 
-    with progress("answering", len(samples)) as advance:
-        return evaluate(adapter, samples, out=out_file, batch_size=batch_size, on_progress=advance)
+    mine = len(samples) if shard is None or out_file is None else _share(shard, samples, batch_size)
+    with progress("answering", mine) as advance:
+        return evaluate(adapter, samples, out=out_file, batch_size=batch_size, on_progress=advance, shard=shard)
+
+
+def _share(shard: Any, samples: list[Any], batch_size: int) -> int:
+    """How many of the samples this process works on (for its progress bar)."""
+    return sum(len(b) for b in shard.batches(samples, batch_size))
 
 
 @app.command("eval")
@@ -152,11 +228,17 @@ def eval_cmd(
     trust_remote_code: TrustOpt = False,
     max_pixels: MaxPixelsOpt = None,
     max_frames: MaxFramesOpt = None,
+    device_map: DeviceMapOpt = None,
+    dtype: DtypeOpt = "float32",
+    num_processes: ProcsOpt = 1,
 ) -> None:
     """Task accuracy (exact match of the generated answer) of a model on a dataset."""
+    shard = _scale_out(num_processes)
     samples = _load_samples(data, n, seed, skip_invalid)
-    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
-    result = _run_eval(adapter, samples, out_file, batch_size)
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames, device_map, dtype)
+    result = _run_eval(adapter, samples, out_file, batch_size, shard)
+    if not shard.main:
+        return
     summary = {
         "model": model,
         "data": data,
@@ -198,19 +280,23 @@ def score(
     trust_remote_code: TrustOpt = False,
     max_pixels: MaxPixelsOpt = None,
     max_frames: MaxFramesOpt = None,
+    device_map: DeviceMapOpt = None,
+    dtype: DtypeOpt = "float32",
+    num_processes: ProcsOpt = 1,
 ) -> None:
     """Score every decoder head by Retrieval Attention Mass; write RUN/results and RUN/heads.json."""
     from corehead.experiments.score import ScoreOptions, score_and_select
 
+    shard = _scale_out(num_processes)
     samples = _load_samples(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
-    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames, device_map, dtype)
     group = query.replace("-", "_")
     options = ScoreOptions(batch_size=batch_size, maps=maps)
-    with progress("scoring", len(samples)) as advance:
+    with progress("scoring", _share(shard, samples, batch_size)) as advance:
         headset, run = score_and_select(
-            adapter, samples, out_dir, data, group, metric, fraction, count, options, on_progress=advance
+            adapter, samples, out_dir, data, group, metric, fraction, count, options, advance, shard=shard
         )
     if run.fallbacks:
         log(f"{run.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")
@@ -218,8 +304,10 @@ def score(
         _print_headset(headset)
         log("ranked on the samples the model answers correctly (heads-correct.json):")
         headset, _ = score_and_select(
-            adapter, samples, out_dir, data, group, metric, fraction, count, options, correct_only=True
+            adapter, samples, out_dir, data, group, metric, fraction, count, options, correct_only=True, shard=shard
         )
+    if not shard.main:
+        return
     from corehead.report.plots import head_map
 
     title = f"{headset.metric} per head ({headset.query} rows, {headset.n_samples} samples)"
@@ -339,12 +427,18 @@ def ablate(
     as_json: JsonOpt = False,
     skip_invalid: SkipOpt = False,
     trust_remote_code: TrustOpt = False,
+    max_pixels: MaxPixelsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    device_map: DeviceMapOpt = None,
+    dtype: DtypeOpt = "float32",
+    num_processes: ProcsOpt = 1,
 ) -> None:
     """Cut the top-k heads and same-size bottom and random controls; paired effects with 95% CIs."""
     from corehead.experiments.ablate import ablate as run_ablate
     from corehead.experiments.ablate import parse_k, plan_conditions, summarize
     from corehead.experiments.score import run_rankings
 
+    shard = _scale_out(num_processes)
     headset = _headset(heads)
     ks = parse_k(k, len(headset.ranking))
     chosen = {f"{headset.metric}:{headset.query}": headset.ranking}
@@ -356,12 +450,26 @@ def ablate(
     samples = _load_samples(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
-    adapter = _load_model(model, trust_remote_code)
-    total = len(samples) * len(plan_conditions(chosen, ks, seeds, kinds, user))
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames, device_map, dtype)
+    total = _share(shard, samples, batch_size) * len(plan_conditions(chosen, ks, seeds, kinds, user))
     with progress("answering under ablations", total) as advance:
         rows = run_ablate(
-            adapter, samples, chosen, out_dir, ks, seeds, mode, kinds, user, batch_size, on_progress=advance
+            adapter,
+            samples,
+            chosen,
+            out_dir,
+            ks,
+            seeds,
+            mode,
+            kinds,
+            user,
+            batch_size,
+            on_progress=advance,
+            dataset=data,
+            shard=shard,
         )
+    if not shard.main:
+        return
     table = summarize(rows)
     (out_dir / "ablation.json").write_text(
         json.dumps({"heads": str(heads), "mode": mode, "conditions": table}, indent=2)
@@ -446,18 +554,22 @@ def accelerate(
     trust_remote_code: TrustOpt = False,
     max_pixels: MaxPixelsOpt = None,
     max_frames: MaxFramesOpt = None,
+    device_map: DeviceMapOpt = None,
+    dtype: DtypeOpt = "float32",
+    num_processes: ProcsOpt = 1,
 ) -> None:
     """Full visual KV only for CoRe heads vs full attention and other methods at the same KV budget."""
     from corehead.experiments.accelerate import accelerate as run_accelerate
     from corehead.experiments.accelerate import summarize as summarize_runs
 
+    shard = _scale_out(num_processes)
     headset = _headset(heads)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     samples = _load_samples(
         data, limit if limit is not None or not data.startswith("synthetic:") else 100, seed, skip_invalid
     )
-    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames)
-    with progress("answering with each method", len(samples)) as advance:
+    adapter = _load_model(model, trust_remote_code, max_pixels, max_frames, device_map, dtype)
+    with progress("answering with each method", _share(shard, samples, 1)) as advance:
         rows = run_accelerate(
             adapter,
             samples,
@@ -469,7 +581,11 @@ def accelerate(
             on_progress=advance,
             prefill=prefill,
             query_agnostic=query_agnostic,
+            dataset=data,
+            shard=shard,
         )
+    if not shard.main:
+        return
     table = summarize_runs(rows)
     result = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic, "methods": table}
     (out_dir / "accelerate.json").write_text(json.dumps(result, indent=2))

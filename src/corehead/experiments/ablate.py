@@ -19,7 +19,6 @@ controls) with 95% bootstrap intervals and a paired sign-flip permutation test.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from corehead.attention.interventions import (
 )
 from corehead.attention.recorder import decoder_attention
 from corehead.data.sample import Sample
+from corehead.experiments.runs import RowLog, Run, Shard, current_shard, dataset_order
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
 from corehead.metrics.tasks import score_answer
@@ -192,46 +192,51 @@ def _last_prompt_token(encoded: list[Encoded]) -> torch.Tensor:
     return torch.tensor([e.prompt_end + width - e.length for e in encoded])
 
 
+@dataclass
+class _Batch:
+    """One batch encoded once for every condition: prompts, prompts with gold answers, patch sources."""
+
+    samples: list[Sample]
+    prompts: list[Encoded]
+    answered: list[Encoded]
+    sources: list[Encoded]
+
+
+def _encode(adapter: ChatAdapter, samples: list[Sample], sources: dict[str, Sample]) -> _Batch:
+    prompts = [adapter.encode(s) for s in samples]
+    answered = [adapter.encode(s, answer=True) for s in samples]
+    patched = [adapter.encode(sources[s.id]) for s in samples] if sources else []
+    return _Batch(samples, prompts, answered, patched)
+
+
 def _answer(
     adapter: ChatAdapter,
-    samples: list[Sample],
+    batch: _Batch,
     condition: Condition,
     mode: str,
     means: dict[int, torch.Tensor],
     max_new_tokens: int,
-    sources: dict[str, Sample],
 ) -> tuple[list[str], list[float]]:
     """Greedy answers and gold-answer log-probs of a batch with the condition's heads cut."""
     model = adapter.model
     values = None
     if mode == "patch" and condition.heads:
-        source = [adapter.encode(sources[s.id]) for s in samples]
-        batch = {k: v.to(model.device) for k, v in adapter.collate(source).items()}
-        values = head_outputs(model, batch, _last_prompt_token(source))
+        source = {k: v.to(model.device) for k, v in adapter.collate(batch.sources).items()}
+        values = head_outputs(model, source, _last_prompt_token(batch.sources))
     out: list[Any] = []
-    for answer in (False, True):
-        encoded = [adapter.encode(s, answer=answer) for s in samples]
-        forbid = _forbidden(samples, encoded, mode) if mode.startswith("mask-") else None
+    for encoded in (batch.prompts, batch.answered):
+        forbid = _forbidden(batch.samples, encoded, mode) if mode.startswith("mask-") else None
         patch = (values, _last_prompt_token(encoded)) if values is not None else None
         with intervened(model, mode, condition.heads, means, forbid, patch):
-            out.append(
-                _answer_logprob(adapter, encoded) if answer else adapter.generate_encoded(encoded, max_new_tokens)
-            )
+            if encoded is batch.answered:
+                out.append(_answer_logprob(adapter, encoded))
+            else:
+                out.append(adapter.generate_encoded(encoded, max_new_tokens))
     return out[0], out[1]
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows already written (a torn last line is dropped and redone); the file is rewritten without it."""
-    rows: dict[tuple[str, str, int, str], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows.setdefault((row["ranking"], row["condition"], row["k"], row["id"]), row)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
-    return list(rows.values())
+def _row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
+    return row["ranking"], row["condition"], row["k"], row["id"]
 
 
 def ablate(
@@ -248,8 +253,11 @@ def ablate(
     max_new_tokens: int = 16,
     on_progress: Callable[[int], None] | None = None,
     sources: dict[str, Sample] | None = None,
+    dataset: str = "custom",
+    shard: Shard | None = None,
 ) -> list[dict[str, Any]]:
-    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable).
+    """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable, and sharded
+    under a distributed launch: see experiments/runs.py). Each batch is encoded once for all conditions.
 
     For mode `patch`, `sources` maps each sample id to the sample patched from (default: pair_sources).
     """
@@ -259,43 +267,54 @@ def ablate(
     if isinstance(rankings, HeadSet):
         rankings = {f"{rankings.metric}:{rankings.query}": rankings.ranking}
     plan = plan_conditions(rankings, ks, seeds, controls, user)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "ablation.jsonl"
-    rows = _read_rows(path)
-    if any(r.get("mode") != mode for r in rows):
-        raise ValueError(f"{out} holds ablations in another mode; use a new --out folder")
-    done = {(r["ranking"], r["condition"], r["k"], r["id"]) for r in rows}
+    shard = shard or current_shard()
+    settings = {"model": adapter.name, "dataset": dataset, "mode": mode, "rankings": rankings, "user": user or []}
+    info = {"ks": ks, "seeds": seeds, "controls": list(controls), "batch_size": batch_size}
+    run = Run(out, "ablate", settings, shard, info)
+    log = RowLog(out / "ablation.jsonl", _row_key, shard)
+    done = {_row_key(r) for r in log.read()}
     means: dict[int, torch.Tensor] = {}
-    if mode == "mean":  # each head's mean output over reference samples (the first batch)
+    if mode == "mean":  # each head's mean output over reference samples (the dataset's first batch)
         reference = adapter.collate([adapter.encode(s) for s in samples[:batch_size]])
         means = head_means(adapter.model, [{k: v.to(adapter.model.device) for k, v in reference.items()}])
-    with path.open("a") as handle:
+    mine = shard.batches(samples, batch_size)
+    if on_progress is not None:
+        on_progress(sum((c.ranking, c.name, c.k, s.id) in done for c in plan for b in mine for s in b))
+    for chunk in mine:
+        encoded: _Batch | None = None
         for condition in plan:
-            todo = [s for s in samples if (condition.ranking, condition.name, condition.k, s.id) not in done]
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                answers, logps = _answer(adapter, chunk, condition, mode, means, max_new_tokens, sources)
-                for sample, answer, logp in zip(chunk, answers, logps, strict=True):
-                    row = {
-                        "ranking": condition.ranking,
-                        "condition": condition.name,
-                        "k": condition.k,
-                        "id": sample.id,
-                        "mode": mode,
-                        "heads": [list(h) for h in condition.heads],
-                        "prediction": answer,
-                        "correct": score_answer(sample, answer, adapter),
-                        "answer_logprob": logp,
-                    }
-                    if mode == "patch":  # did the answer move to the source's?
-                        source = sources[sample.id]
-                        row["source"] = source.id
-                        row["to_source"] = score_answer(source, answer, adapter)
-                    handle.write(json.dumps(row) + "\n")
-                    rows.append(row)
-                handle.flush()
-                if on_progress is not None:
-                    on_progress(len(chunk))
+            todo = [s for s in chunk if (condition.ranking, condition.name, condition.k, s.id) not in done]
+            if not todo:
+                continue
+            if encoded is None or [s.id for s in encoded.samples] != [s.id for s in todo]:
+                encoded = _encode(adapter, todo, sources)
+            answers, logps = _answer(adapter, encoded, condition, mode, means, max_new_tokens)
+            new = []
+            for sample, answer, logp in zip(todo, answers, logps, strict=True):
+                row = {
+                    "ranking": condition.ranking,
+                    "condition": condition.name,
+                    "k": condition.k,
+                    "id": sample.id,
+                    "mode": mode,
+                    "heads": [list(h) for h in condition.heads],
+                    "prediction": answer,
+                    "correct": score_answer(sample, answer, adapter),
+                    "answer_logprob": logp,
+                }
+                if mode == "patch":  # did the answer move to the source's?
+                    source = sources[sample.id]
+                    row["source"] = source.id
+                    row["to_source"] = score_answer(source, answer, adapter)
+                new.append(row)
+            log.append(new)
+            if on_progress is not None:
+                on_progress(len(new))
+    position = {(c.ranking, c.name, c.k): i for i, c in enumerate(plan)}
+    key = dataset_order(samples)
+    rows = log.merge(order=lambda r: (position.get(_row_key(r)[:3], len(position)), key(r["id"])))
+    have = {_row_key(r) for r in rows}
+    run.finish(sum(all((c.ranking, c.name, c.k, s.id) in have for c in plan) for s in samples), len(samples))
     wanted = {s.id for s in samples}
     return [r for r in rows if r["id"] in wanted]
 

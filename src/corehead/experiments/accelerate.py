@@ -22,7 +22,6 @@ go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -35,6 +34,7 @@ from transformers import DynamicCache
 
 from corehead.attention.hybrid import KVPlan, hybrid_plan, kv_fraction
 from corehead.data.sample import Sample
+from corehead.experiments.runs import RowLog, Run, Shard, current_shard, dataset_order
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci
 from corehead.metrics.tasks import score_answer
@@ -211,43 +211,36 @@ def accelerate(
     on_progress: Callable[[int], None] | None = None,
     prefill: bool = False,
     query_agnostic: bool = False,
+    dataset: str = "custom",
+    shard: Shard | None = None,
 ) -> list[dict[str, Any]]:
-    """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable)."""
+    """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable, sharded
+    under a distributed launch: experiments/runs.py; timings then share the machine)."""
     methods = methods or list(METHODS)
     plans = method_plans(adapter.model, headset, budget, methods, seed, prefill)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "accelerate.jsonl"
-    rows: list[dict[str, Any]] = []
-    if path.exists():
-        seen: set[tuple[str, str]] = set()
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line: redone
-            if (row["method"], row["id"]) not in seen:
-                seen.add((row["method"], row["id"]))
-                rows.append(row)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shard = shard or current_shard()
     setting = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic}
-    if rows and any(rows[0][k] != v for k, v in setting.items()):
-        raise ValueError(f"{out} holds a run with another budget, prefill or query setting; use a new --out folder")
-    done = {(r["method"], r["id"]) for r in rows}
+    settings = {"model": adapter.name, "dataset": dataset, "heads": headset.ranking, **setting, "seed": seed}
+    run = Run(out, "accelerate", settings, shard, {"methods": methods, "max_new_tokens": max_new_tokens})
+    log = RowLog(out / "accelerate.jsonl", lambda r: (r["method"], r["id"]), shard)
+    done = {(r["method"], r["id"]) for r in log.read()}
     n_layers, n_kv, _ = _shape(adapter.model)
-    with path.open("a") as handle:
-        for sample in samples:
-            for method, plan in plans.items():
-                if (method, sample.id) in done:
-                    continue
-                share = 1.0 if plan is None else kv_fraction(plan, n_layers, n_kv)
-                row = {"method": method, "id": sample.id, **setting}
-                row["visual_kv_share"] = share
-                row.update(_run_one(adapter, sample, plan, max_new_tokens, query_agnostic))
-                handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                rows.append(row)
-            if on_progress is not None:
-                on_progress(1)
+    for (sample,) in shard.batches(samples, 1):
+        for method, plan in plans.items():
+            if (method, sample.id) in done:
+                continue
+            share = 1.0 if plan is None else kv_fraction(plan, n_layers, n_kv)
+            row = {"method": method, "id": sample.id, **setting}
+            row["visual_kv_share"] = share
+            row.update(_run_one(adapter, sample, plan, max_new_tokens, query_agnostic))
+            log.append([row])
+        if on_progress is not None:
+            on_progress(1)
+    order = {m: i for i, m in enumerate(methods)}
+    key = dataset_order(samples)
+    rows = log.merge(order=lambda r: (key(r["id"]), order.get(r["method"], len(order)), r["method"]))
+    have = {(r["method"], r["id"]) for r in rows}
+    run.finish(sum(all((m, s.id) in have for m in methods) for s in samples), len(samples))
     wanted = {s.id for s in samples}
     return [r for r in rows if r["id"] in wanted]
 

@@ -1,16 +1,17 @@
 """Score every decoder head by RAM over a dataset; results are written as they are produced, and resumable.
 
-RUN/results/part-*.parquet holds one row per (sample, layer, head, query group) with every statistic of
-metrics/ram.py and `unit_mass`, the attention mass on each of the sample's units (image, page or frame);
-each part is written whole (temp file + rename), so an interrupted run loses at most the batch in flight,
-and a rerun skips the samples already there. RUN/manifest.json says what was run. With `maps` = N, RUN/maps/
+RUN/results/ holds one row per (sample, layer, head, query group) with every statistic of metrics/ram.py
+and `unit_mass`, the attention mass on each of the sample's units (image, page or frame). Each batch is
+written as a part of its own (temp file + rename), so an interrupted run loses at most the batches in
+flight and a rerun skips the samples already there; at the end the parts are merged into
+part-merged.parquet in dataset order, the same for any batch size or number of processes
+(experiments/runs.py). RUN/manifest.json says what was run and how far it got. With `maps` = N, RUN/maps/
 part-*.safetensors keeps the first N samples' per-token attention maps, token cells and (downscaled)
 pictures for the report.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -27,11 +28,13 @@ from safetensors.torch import save_file
 from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows, record
 from corehead.data.sample import Sample, SampleError
 from corehead.experiments.evaluate import evaluate
+from corehead.experiments.runs import Run, Shard, current_shard, dataset_order
 from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter, sample_region_tokens
 
 MAP_PICTURE = 384  # px on the longer side of the pictures kept with maps
+MERGED, MERGING = "part-merged.parquet", ".merging.tmp"
 
 
 @dataclass
@@ -54,32 +57,56 @@ class ScoreRun:
     fallbacks: int
 
 
-def _manifest(out: Path, adapter: ChatAdapter, dataset: str, options: ScoreOptions) -> None:
-    from corehead import __version__
-
-    config = adapter.model.config
-    manifest = {
-        "model": adapter.name,
+def _settings(adapter: ChatAdapter, dataset: str, options: ScoreOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the rows depend on (a rerun must match), and what the manifest only records."""
+    opts = asdict(options)
+    batch_size = opts.pop("batch_size")  # padding is exact: the batch size does not change a row
+    settings = {"model": adapter.name, "dataset": dataset, "options": opts}
+    info = {
         "family": adapter.family,
-        "revision": getattr(config, "_commit_hash", None),
-        "dataset": dataset,
-        "options": asdict(options),
-        "corehead": __version__,
+        "revision": getattr(adapter.model.config, "_commit_hash", None),
         "stats": list(STATS),
         "query_groups": list(ROW_GROUPS),
+        "batch_size": batch_size,
     }
-    path = out / "manifest.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        keys = ("model", "dataset", "options")
-        if any(old.get(k) != manifest[k] for k in keys):
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(keys)}); use a new --out folder")
-    path.write_text(json.dumps(manifest, indent=2))
+    return settings, info
 
 
-def _done_ids(out: Path) -> set[str]:
-    parts = sorted((out / "results").glob("part-*.parquet"))
+def _done_ids(results: Path) -> set[str]:
+    parts = sorted(results.glob("part-*.parquet"))
     return {sid for p in parts for sid in pq.read_table(p, columns=["sample_id"]).column(0).unique().to_pylist()}
+
+
+def _next_part(out: Path, tag: str) -> int:
+    """The first part number of rank `tag` not used yet by a results part or a maps file."""
+    used = [p.name.split(".")[0].rsplit("-", 1)[1] for p in out.glob(f"*/part-{tag}-*")]
+    return 1 + max((int(u) for u in used if u.isdigit()), default=-1)
+
+
+def _merge(results: Path, samples: list[Sample], shard: Shard) -> pa.Table:
+    """Main process: every rank's parts into one part in dataset order (atomically: written whole, then the
+    parts it replaces removed, then renamed into place; an interrupted merge is finished on the next run).
+    Every rank returns the merged table."""
+    shard.wait()
+    if shard.main:
+        _finish_merge(results)
+        parts = sorted(results.glob("part-*.parquet"))
+        if len(parts) > 1 or (parts and parts[0].name != MERGED):
+            table = pa.concat_tables([pq.read_table(p) for p in parts])
+            ids, key = table.column("sample_id").to_pylist(), dataset_order(samples)
+            order = sorted(range(len(ids)), key=lambda i: key(ids[i]))  # stable: a sample's rows keep their order
+            pq.write_table(table.take(order), results / MERGING)
+            _finish_merge(results)
+    shard.wait()
+    return pq.read_table(results)
+
+
+def _finish_merge(results: Path) -> None:
+    """Complete a merge whose file was written: drop the parts it holds, move it into place."""
+    if (results / MERGING).exists():
+        for part in results.glob("part-*.parquet"):
+            part.unlink()
+        (results / MERGING).rename(results / MERGED)
 
 
 def score(
@@ -89,37 +116,53 @@ def score(
     dataset: str,
     options: ScoreOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> ScoreRun:
-    """Record RAM statistics for every sample into out/results; returns all rows (old and new)."""
+    """Record RAM statistics for every sample into out/results; returns all rows (old and new).
+
+    Under a distributed launch each process scores its shard (see experiments/runs.py) and the main
+    process merges them; every process returns the merged rows.
+    """
     options = options or ScoreOptions()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results").mkdir(exist_ok=True)
-    _manifest(out, adapter, dataset, options)
-    done = _done_ids(out)
-    todo = [s for s in samples if s.id not in done]
+    shard = shard or current_shard()
+    settings, info = _settings(adapter, dataset, options)
+    run = Run(out, "score", settings, shard, info)
+    results = out / "results"
+    results.mkdir(exist_ok=True)
+    shard.wait()
+    if shard.main:
+        _finish_merge(results)
+    shard.wait()
+    done = _done_ids(results)
+    mine = shard.batches(samples, options.batch_size)
     mapped = {s.id for s in samples[: options.maps]}
-    if on_progress is not None and len(todo) < len(samples):
-        on_progress(len(samples) - len(todo))
-    part = len(list((out / "results").glob("part-*.parquet")))
+    if on_progress is not None:
+        on_progress(sum(s.id in done for batch in mine for s in batch))
+    part = _next_part(out, shard.tag)
     fallbacks = 0
     with decoder_attention(adapter.model):
-        for start in range(0, len(todo), options.batch_size):
-            chunk = todo[start : start + options.batch_size]
+        for batch in mine:
+            chunk = [s for s in batch if s.id not in done]
+            if not chunk:
+                continue
             table, fell_back, maps = _score_batch(adapter, chunk, options, mapped)
             fallbacks += fell_back
+            name = f"part-{shard.tag}-{part:05d}"
             if maps:  # before the results part: a sample with results always has its maps
                 (out / "maps").mkdir(exist_ok=True)
-                save_file(maps, str(out / "maps" / f"part-{part:05d}.safetensors"))
-            tmp = out / "results" / f".part-{part:05d}.tmp"
+                save_file(maps, str(out / "maps" / f"{name}.safetensors"))
+            tmp = results / f".{name}.tmp"
             pq.write_table(table, tmp)
-            tmp.rename(out / "results" / f"part-{part:05d}.parquet")
+            tmp.rename(results / f"{name}.parquet")
             part += 1
             if on_progress is not None:
                 on_progress(len(chunk))
+    table = _merge(results, samples, shard)
     wanted = {s.id for s in samples}
-    table = pq.read_table(out / "results")
     mask = pa.compute.is_in(table.column("sample_id"), value_set=pa.array(sorted(wanted)))
-    return ScoreRun(table.filter(mask), fallbacks)
+    table = table.filter(mask)
+    run.finish(len(set(table.column("sample_id").to_pylist())), len(samples))
+    return ScoreRun(table, fallbacks)
 
 
 def load_maps(out: Path, sample_id: str) -> dict[str, np.ndarray]:
@@ -272,21 +315,24 @@ def score_and_select(
     options: ScoreOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
     correct_only: bool = False,
+    shard: Shard | None = None,
 ) -> tuple[HeadSet, ScoreRun]:
     """A whole scoring run: record into `out`, rank by `metric` on `query` rows, select, save the head set.
 
     With `correct_only`, heads are ranked on the samples the model answers correctly (answers are kept in
-    out/answers.jsonl) and saved as out/heads-correct.json; otherwise out/heads.json.
+    out/answers.jsonl) and saved as out/heads-correct.json; otherwise out/heads.json. Under a distributed
+    launch every process scores its shard and returns the same head set; the main process saves it.
     """
     if query not in (*ROW_GROUPS, "generated"):
         raise ValueError(f"query must be one of {', '.join(ROW_GROUPS)}, generated; got {query!r}")
     options = options or ScoreOptions()
     if query == "generated":
         options = replace(options, generated=True)
-    run = score(adapter, samples, out, dataset, options, on_progress)
+    shard = shard or current_shard()
+    run = score(adapter, samples, out, dataset, options, on_progress, shard)
     only = None
     if correct_only:  # as Retrieval Head does: only samples the model answers correctly
-        answers = evaluate(adapter, samples, out=out / "answers.jsonl", batch_size=options.batch_size)
+        answers = evaluate(adapter, samples, out=out / "answers.jsonl", batch_size=options.batch_size, shard=shard)
         only = {r["id"] for r in answers.rows if r["correct"]}
         if not only:
             raise ValueError("the model answers none of the samples correctly: nothing to score with --correct-only")
@@ -303,5 +349,6 @@ def score_and_select(
         revision=getattr(adapter.model.config, "_commit_hash", None),
         options={"query": query, "metric": metric, "correct_only": correct_only, **asdict(options)},
     )
-    headset.save(out / ("heads-correct.json" if correct_only else "heads.json"))
+    if shard.main:
+        headset.save(out / ("heads-correct.json" if correct_only else "heads.json"))
     return headset, run
