@@ -3,6 +3,7 @@ multi-process run resumes without losing or duplicating a row, and batching does
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -62,7 +63,7 @@ def test_length_batches_group_similar_samples_and_shards_partition_them() -> Non
     lengths = [sample_length(s) for b in batches for s in b]
     assert lengths == sorted(lengths)
     domains = [s.domain for b in batches for s in b]
-    assert sum(a != b for a, b in zip(domains, domains[1:], strict=False)) == 2  # each domain's sizes together
+    assert sum(a != b for a, b in itertools.pairwise(domains)) == 2  # each domain's sizes together
     with pytest.raises(ValueError, match="batch size must be at least 1"):
         length_batches(samples, 0)
     shards = [Shard(r, 3).batches(samples, 2) for r in range(3)]
