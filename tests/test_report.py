@@ -175,3 +175,25 @@ def test_report_command_and_a_folder_without_runs(study: Path, tmp_path: Path) -
     bad = runner.invoke(app, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "bad.html")])
     assert bad.exit_code != 0 and "no runs in" in str(bad.exception)
     assert not (tmp_path / "bad.html").exists()
+
+
+def test_wall_time_and_the_ablation_curves_drawn_are_the_runs_numbers(study: Path) -> None:
+    from corehead.report.plots import ablation_series
+
+    root = study.parent
+    manifest = json.loads((root / "run" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["wall_s"] > 0 and manifest["done"] == {"samples": 6, "of": 6}
+    summary = json.loads((root / "report_files" / "summary.json").read_text())
+    assert summary["scoring"][0]["wall_s"] == manifest["wall_s"]
+    assert summary["ablation"][0]["wall_s"] == json.loads((root / "ab" / "manifest.json").read_text())["wall_s"]
+    wall = table_rows(study.read_text(), "runs")[0][-1]
+    assert re.fullmatch(r"\d+s|\d+m\d\ds", wall), wall
+    conditions = json.loads((root / "ab" / "ablation.json").read_text())["conditions"]
+    series = ablation_series(conditions)
+    assert sorted(series) == ["bottom (ram:all)", "random (mean)", "top (ram:all)"]
+    top = [c for c in conditions if c["condition"] == "top"]
+    assert series["top (ram:all)"]["k"] == [1, 2]
+    assert series["top (ram:all)"]["delta_logprob"] == [c["delta_logprob"] for c in top]
+    assert series["top (ram:all)"]["delta_logprob_ci"] == [c["delta_logprob_ci"] for c in top]
+    randoms = [c["delta_logprob"] for c in conditions if c["condition"].startswith("random-") and c["k"] == 2]
+    assert len(randoms) == 2 and series["random (mean)"]["delta_logprob"][1] == pytest.approx(np.mean(randoms))

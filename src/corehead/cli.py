@@ -640,8 +640,11 @@ def demo(
 ) -> None:
     """End to end on the built-in model: accuracy per domain, its CoRe heads, whether cutting them hurts,
     and what keeping full visual KV only for them saves."""
+    import time
+
     from corehead.data import synthetic
 
+    began = time.time()
     samples = [s for domain in synthetic.DOMAINS for s in synthetic.generate(domain, n, seed=seed)]
     log(f"generated {len(samples)} held-out synthetic samples ({', '.join(synthetic.DOMAINS)}; seed {seed})")
     adapter = _load_model("builtin")
@@ -725,6 +728,7 @@ def demo(
     from corehead.report.html import write_report
 
     summary["report"] = str(write_report([out_dir], out_dir / "report.html"))
+    summary["wall_s"] = round(time.time() - began, 1)  # this launch (a rerun resumes, so it is shorter)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         emit_json(summary)
@@ -751,7 +755,7 @@ def demo(
         table.add_row(domain, *(f"{by[m]['accuracy']:.2f}, {by[m]['kv_bytes_vs_full']:.2f}x" for m in DEMO_METHODS))
     out.print(table)
     log(f"results: {out_dir}/ (summary.json, predictions-seed{seed}.jsonl, score-*/, ablate-*/, accelerate-*/)")
-    log(f"report: {summary['report']}")
+    log(f"report: {summary['report']} (demo took {summary['wall_s']:.0f} s)")
 
 
 @app.command()

@@ -192,10 +192,26 @@ def _ci(bounds: tuple[float, float] | list[float], fmt: str = ".3f") -> str:
     return f"[{_num(bounds[0], fmt)}, {_num(bounds[1], fmt)}]"
 
 
+def _manifest(run: Path) -> dict[str, Any]:
+    return json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+
+
+def _wall(manifest: dict[str, Any]) -> str:
+    """A run's wall time (summed over its launches) and how many processes the last launch used."""
+    if "wall_s" not in manifest:
+        return "n/a"
+    minutes, seconds = divmod(round(manifest["wall_s"]), 60)
+    text = f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    procs = manifest.get("processes", 1)
+    return (
+        text + (f" on {procs} processes" if procs > 1 else "") + ("" if manifest.get("complete") else " (unfinished)")
+    )
+
+
 def _runs_table(scores: list[tuple[str, Path]], headsets: list[tuple[str, HeadSet]]) -> str:
     rows = []
     for (label, run), (_, hs) in zip(scores, headsets, strict=True):
-        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+        manifest = _manifest(run)
         rows.append(
             [
                 esc(label),
@@ -209,10 +225,11 @@ def _runs_table(scores: list[tuple[str, Path]], headsets: list[tuple[str, HeadSe
                 f"{len(hs.selected)} of {hs.n_layers * hs.n_heads}",
                 f"<code>{esc(json.dumps(manifest.get('options', hs.options)))}</code>",
                 esc(manifest.get("corehead", "?")),
+                esc(_wall(manifest)),
             ]
         )
     header = ["run", "model", "family", "revision", "dataset", "samples", "ranked by", "selection", "CoRe heads"]
-    return _table([*header, "options", "corehead"], rows)
+    return _table([*header, "options", "corehead", "wall time"], rows, "runs")
 
 
 def _head_stats(run: Path, query: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -418,6 +435,7 @@ def _scoring(
     return {
         "label": label,
         "path": str(run),
+        "wall_s": _manifest(run).get("wall_s"),
         "heads": hs.to_json(),
         "top_heads": summary_top,
         "samples_with_maps": [s.id for s in samples],
@@ -528,9 +546,10 @@ def _ablation(page: Page, index: int, label: str, run: Path) -> dict[str, Any]:
         "Δ answer log-prob",
         "top − random",
     ]
-    heads = f"<p>heads: <code>{esc(result['heads'])}</code></p>" if result.get("heads") else ""
-    page.add(f"Ablation {label}", f"{heads}{figure}{_table(header, rows, 'num ablation')}", slug)
-    return {"label": label, "path": str(run), **result}
+    heads = f"heads: <code>{esc(result['heads'])}</code>; " if result.get("heads") else ""
+    about = f"<p>{heads}wall time {esc(_wall(_manifest(run)))}</p>"
+    page.add(f"Ablation {label}", f"{about}{figure}{_table(header, rows, 'num ablation')}", slug)
+    return {"label": label, "path": str(run), "wall_s": _manifest(run).get("wall_s"), **result}
 
 
 def _acceleration(page: Page, index: int, label: str, run: Path) -> dict[str, Any]:
@@ -573,6 +592,7 @@ def _acceleration(page: Page, index: int, label: str, run: Path) -> dict[str, An
         "peak memory",
     ]
     about = f"budget {result['budget']}; prefill {result['prefill']}; query-agnostic {result['query_agnostic']}"
+    about += f"; wall time {_wall(_manifest(run))}"
     body = f'<p>{esc(about)}</p><div class="pair">{kv}{speed}</div>{_table(header, rows, "num acceleration")}'
     page.add(f"Acceleration {label}", body, slug)
-    return {"label": label, "path": str(run), **result}
+    return {"label": label, "path": str(run), "wall_s": _manifest(run).get("wall_s"), **result}

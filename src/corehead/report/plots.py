@@ -30,34 +30,50 @@ def head_map(scores: np.ndarray, selected: list[tuple[int, int]], title: str, pa
     return path
 
 
-def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
-    """Accuracy against k for each ranking's top-k, bottom-k and the random controls (mean over seeds),
-    with the full model as a line; top-k and bottom-k carry their 95% intervals."""
-    fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.subplots()
-    full = next((r["accuracy"] for r in table if r["condition"] == "none"), None)
-    if full is not None:
-        ax.axhline(full, color="black", linestyle=":", label="full model")
-    series: dict[str, dict[int, list[dict[str, Any]]]] = {}
+def ablation_series(table: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    """What ablation_sweep draws: per series (each ranking's top-k and bottom-k, the random controls) its
+    k values and, for `accuracy` and `delta_logprob`, the mean over the series' conditions at each k (the
+    random seeds) and the 95% interval (`*_ci`, top and bottom only)."""
+    grouped: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for r in table:
         if r["condition"] in ("none", "user"):
             continue
         name = "random (mean)" if r["condition"].startswith("random-") else f"{r['condition']} ({r['ranking']})"
-        series.setdefault(name, {}).setdefault(r["k"], []).append(r)
-    for name, by_k in sorted(series.items()):
+        grouped.setdefault(name, {}).setdefault(r["k"], []).append(r)
+    full = next((r["accuracy"] for r in table if r["condition"] == "none"), 0.0)
+    series: dict[str, dict[str, list[Any]]] = {}
+    for name, by_k in sorted(grouped.items()):
         ks = sorted(by_k)
-        acc = np.array([np.mean([r["accuracy"] for r in by_k[k]]) for k in ks])
-        line = ax.plot(ks, acc, marker="o", label=name)[0]
-        if not name.startswith("random"):
-            base = full if full is not None else 0.0
-            low = [base + by_k[k][0]["delta_accuracy_ci"][0] for k in ks]
-            high = [base + by_k[k][0]["delta_accuracy_ci"][1] for k in ks]
-            ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("heads cut (k)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+        out: dict[str, list[Any]] = {"k": ks}
+        for key, delta, base in (("accuracy", "delta_accuracy", full), ("delta_logprob", "delta_logprob", 0.0)):
+            out[key] = [float(np.mean([r[key] for r in by_k[k]])) for k in ks]
+            if not name.startswith("random"):
+                out[f"{key}_ci"] = [[base + b for b in by_k[k][0][f"{delta}_ci"]] for k in ks]
+        series[name] = out
+    return series
+
+
+def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Accuracy and the change in the gold answer's log-probability against k (ablation_series), with the
+    full model as a line and 95% bands for top-k and bottom-k."""
+    fig = Figure(figsize=(10.0, 4.0))
+    axes = fig.subplots(1, 2)
+    full = next((r["accuracy"] for r in table if r["condition"] == "none"), None)
+    series = ablation_series(table)
+    for ax, key, base in zip(axes, ("accuracy", "delta_logprob"), (full, 0.0), strict=True):
+        if base is not None:
+            ax.axhline(base, color="black", linestyle=":", label="full model")
+        for name, data in series.items():
+            line = ax.plot(data["k"], data[key], marker="o", label=name)[0]
+            if f"{key}_ci" in data:
+                low, high = np.array(data[f"{key}_ci"]).T
+                ax.fill_between(data["k"], low, high, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("heads cut (k)")
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].set_ylabel("change in the gold answer's log-prob")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
