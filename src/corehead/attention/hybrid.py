@@ -186,6 +186,8 @@ class HybridState:
             return self._attend_buffers(layer, query, scale)
         if self.visual is None or key.shape[2] != self.visual.shape[1]:
             raise ValueError("the hybrid cache compresses a prompt prefilled in one forward from an empty cache")
+        if self.visual.device != key.device:  # layers spread over devices (device_map="auto")
+            self.visual, self.valid = self.visual.to(key.device), self.valid.to(key.device)  # type: ignore[union-attr]
         buffers = self._buffers(int(module.layer_idx), query, key, value, scale)
         if self.plan.prefill:
             out = self._attend_prefill(buffers, query, key, value, mask, scale)

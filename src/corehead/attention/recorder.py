@@ -43,7 +43,7 @@ class CompactMask:
         keys = torch.arange(kv_length, device=rows.device) + self.kv_offset
         visible = keys[None, None, :] <= (rows[..., None] + self.q_offset)
         if self.keep is not None:
-            visible = visible & self.keep[:, None, :]
+            visible = visible & self.keep.to(rows.device)[:, None, :]
         return visible[:, None]
 
 
@@ -205,7 +205,9 @@ def _record(
     ([B, R, G]) and reduced to per-head statistics and per-unit masses over the plan's visual tokens
     ([B, H, G, S + U]); the maps themselves are kept for `layer` when the plan asks for them. `blocked`
     (heads, [B, Lk] forbidden keys) is an active knockout: those heads' rows are recorded as they run."""
-    rows = rows.clamp_min(0)
+    device = query.device  # the layer's device: plan tensors follow it when layers are spread over devices
+    rows, row_groups = rows.to(device).clamp_min(0), row_groups.to(device)
+    valid, visual_slots = plan.valid.to(device), plan.visual.to(device).clamp_min(0)
     q = query.gather(2, rows[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
     groups = query.shape[1] // key.shape[1]
     k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
@@ -215,12 +217,13 @@ def _record(
         heads, forbid = blocked
         scores[:, heads] = scores[:, heads].masked_fill(forbid[:, None, None, :], float("-inf"))
     probs = scores.softmax(-1).nan_to_num(0.0)  # unused row slots may see no key at all
-    visual = probs.gather(-1, plan.visual.clamp_min(0)[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
-    maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype)) * plan.valid[:, None, None, :]
+    visual = probs.gather(-1, visual_slots[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1))
+    maps = torch.einsum("bhrn,brg->bhgn", visual, row_groups.to(visual.dtype)) * valid[:, None, None, :]
     if plan.keep_maps and layer is not None:
         plan.maps[layer] = maps.cpu()
-    units = torch.einsum("bhgn,bnu->bhgu", maps, plan.unit_weights.to(maps.dtype))
-    stats = head_stats(maps, plan.valid, plan.region, plan.distractors, plan.n_distractors)
+    units = torch.einsum("bhgn,bnu->bhgu", maps, plan.unit_weights.to(device, maps.dtype))
+    regions = (plan.region.to(device), plan.distractors.to(device), plan.n_distractors.to(device))
+    stats = head_stats(maps, valid, *regions)
     return torch.cat([stats, units], dim=-1)
 
 
