@@ -5,7 +5,8 @@
 
 0. Built-in model on each synthetic domain: CoRe heads scored on `--builtin-n` samples of one seed, then
    every method of `corehead accelerate` at each budget on `--builtin-n` other held-out samples
-   (accuracy with CI, prefill and decode time, KV bytes; ratios to full).
+   (accuracy with CI, prefill and decode time, KV bytes; ratios to full), in each of `--settings`:
+   decode (compressed after the prefill), prefill (`--prefill`), query-agnostic (`--query-agnostic`).
 
 A real model's attention geometry (head_dim 128, 32 query / 8 KV heads), random weights. CoRe heads on
 2 of 8 KV heads per layer (25%), the others keep `--budget` (10%) of the visual tokens (snap selector).
@@ -168,8 +169,13 @@ def end_to_end(n_visual: int, layers: int, budget: float, repeats: int, new_toke
     }
 
 
-def builtin_methods(n: int, budgets: list[float], out: str) -> None:
-    """Part 0: every method at every budget on the built-in model, per synthetic domain."""
+SETTINGS = {"decode": {}, "prefill": {"prefill": True}, "query-agnostic": {"query_agnostic": True}}
+
+
+def builtin_methods(n: int, budgets: list[float], out: str, settings: list[str]) -> None:
+    """Part 0: every method at every budget on the built-in model, per synthetic domain, in each setting:
+    compression after the prefill (`decode`: the first answer token still sees everything), also in the
+    prefill (`prefill`), and before the question is seen (`query-agnostic`)."""
     from pathlib import Path
 
     from corehead.data import synthetic
@@ -182,21 +188,25 @@ def builtin_methods(n: int, budgets: list[float], out: str) -> None:
         scored = list(synthetic.generate(domain, n, seed=21))
         headset, _ = score_and_select(adapter, scored, Path(out) / f"score-{domain}", f"synthetic:{domain}")
         held_out = list(synthetic.generate(domain, n, seed=22))
-        for budget in budgets:
-            rows = accelerate(adapter, held_out, headset, Path(out) / f"{domain}-{budget:g}", budget, max_new_tokens=4)
-            for row in summarize(rows):
-                keep = ("method", "visual_kv_share", "accuracy", "accuracy_ci", "prefill_s_vs_full")
-                brief = {k: row[k] for k in keep} | {
-                    "decode_vs_full": row["decode_s_per_token_vs_full"],
-                    "kv_bytes_vs_full": row["kv_bytes_vs_full"],
-                }
-                print(json.dumps({"kind": "builtin", "domain": domain, "budget": budget, **brief}), flush=True)
+        for setting in settings:
+            for budget in budgets:
+                folder = Path(out) / f"{domain}-{setting}-{budget:g}"
+                rows = accelerate(adapter, held_out, headset, folder, budget, max_new_tokens=4, **SETTINGS[setting])
+                for row in summarize(rows):
+                    keep = ("method", "visual_kv_share", "accuracy", "accuracy_ci", "prefill_s_vs_full")
+                    brief = {k: row[k] for k in keep} | {
+                        "decode_vs_full": row["decode_s_per_token_vs_full"],
+                        "kv_bytes_vs_full": row["kv_bytes_vs_full"],
+                    }
+                    head = {"kind": "builtin", "domain": domain, "setting": setting, "budget": budget}
+                    print(json.dumps(head | brief), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--builtin-n", type=int, default=0, help="samples per domain for part 0 (0: skip it)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", default="runs/bench-acceleration", help="folder for part 0's resumable rows")
     parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 16384, 32768])
     parser.add_argument("--e2e-sizes", type=int, nargs="*", default=[4096, 16384])
@@ -207,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.builtin_n:
-        builtin_methods(args.builtin_n, args.budgets, args.out)
+        builtin_methods(args.builtin_n, args.budgets, args.out, args.settings)
     for n in args.sizes:
         print(json.dumps({"kind": "decode_attention", **decode_attention(n, args.budget, args.repeats)}), flush=True)
     for n in args.e2e_sizes:

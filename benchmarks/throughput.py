@@ -42,12 +42,22 @@ def part_batches(n: int, repeats: int, sizes: list[int]) -> None:
         for r in range(repeats):
             for size in sizes:
                 start = time.perf_counter()
-                score_and_select(adapter, samples, Path(tmp) / f"s{size}-{r}", "synthetic:all", 
-                                 options=ScoreOptions(batch_size=size))  # fmt: skip
+                options = ScoreOptions(batch_size=size)
+                score_and_select(adapter, samples, Path(tmp) / f"s{size}-{r}", "synthetic:all", options=options)
                 times.setdefault(("score", size), []).append(time.perf_counter() - start)
                 start = time.perf_counter()
-                ablate(adapter, samples, heads, Path(tmp) / f"a{size}-{r}", [1], seeds=0, controls=("bottom",),
-                       batch_size=size, max_new_tokens=4)  # fmt: skip
+                folder = Path(tmp) / f"a{size}-{r}"
+                ablate(
+                    adapter,
+                    samples,
+                    heads,
+                    folder,
+                    [1],
+                    seeds=0,
+                    controls=("bottom",),
+                    batch_size=size,
+                    max_new_tokens=4,
+                )
                 times.setdefault(("ablate", size), []).append(time.perf_counter() - start)
     for task in ("score", "ablate"):
         base = statistics.median(times[(task, sizes[0])])
