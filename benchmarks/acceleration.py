@@ -11,8 +11,10 @@
 A real model's attention geometry (head_dim 128, 32 query / 8 KV heads), random weights. CoRe heads on
 2 of 8 KV heads per layer (25%), the others keep `--budget` (10%) of the visual tokens (snap selector).
 
-1. Decode attention alone: one query row over the cache of one layer, full (one SDPA over dense K/V) vs
-   hybrid (one SDPA per buffer: full heads, reduced heads), interleaved repeats, medians.
+1. Attention alone, one layer. Decode: one query row over the cache, full (one SDPA over dense K/V) vs
+   hybrid (one SDPA per buffer: full heads, reduced heads). Prefill (`--prefill-sizes`): one causal SDPA
+   vs the prefill option (CoRe heads causal over everything, the others over their kept tokens), next to
+   the theoretical speed-up (query-key pairs computed). Interleaved repeats, medians.
 2. End to end: a decoder of `--layers` layers (Qwen2, hidden 4096, a small MLP) on n visual tokens plus a
    40-token question: prefill time, decode time per token (8 new tokens), share of decode time spent in
    the attention blocks (projections included), KV bytes; hybrid vs full in one process, interleaved.
@@ -85,6 +87,44 @@ def decode_attention(n_visual: int, budget: float, repeats: int) -> dict[str, fl
         "speedup": round(full_s / hybrid_s, 2),
         "kv_bytes_ratio": round(layer.kv_bytes() / (2 * keys.nbytes), 3),
         "theoretical_kv_ratio": round(share, 3),
+    }
+
+
+def prefill_attention(n_visual: int, budget: float, repeats: int) -> dict[str, float]:
+    """One layer's prefill attention over n visual tokens + the question: one causal SDPA for all heads vs
+    the prefill option (CoRe KV heads causal over everything, the others over their kept tokens only)."""
+    from corehead.attention.hybrid import Buffer, HybridState, KVPlan
+    from corehead.attention.recorder import CompactMask, sdpa
+
+    torch.manual_seed(0)
+    length = n_visual + QUESTION
+    query = torch.randn(1, HEADS, length, HEAD_DIM)
+    keys, values = torch.randn(1, KV_HEADS, length, HEAD_DIM), torch.randn(1, KV_HEADS, length, HEAD_DIM)
+    reduced = [j for j in range(KV_HEADS) if j not in CORE_KV]
+    n_kept = int(n_visual * budget + 0.999)
+    kept = torch.cat([torch.linspace(0, n_visual - 1, n_kept).long(), torch.arange(n_visual, length)])
+    every = torch.arange(length)
+    buffers = [
+        Buffer(list(CORE_KV), keys[:, list(CORE_KV)], values[:, list(CORE_KV)], torch.ones(1, length, dtype=torch.bool),
+               every.expand(1, len(CORE_KV), -1)),
+        Buffer(reduced, keys[:, reduced][:, :, kept], values[:, reduced][:, :, kept],
+               torch.ones(1, len(kept), dtype=torch.bool), kept.expand(1, len(reduced), -1)),
+    ]  # fmt: skip
+    state = HybridState(KVPlan({}), HEADS // KV_HEADS, KV_HEADS, [IMAGE])
+    mask, scale = CompactMask(None, 0, 0), HEAD_DIM**-0.5
+    runs: dict[str, list[float]] = {"full": [], "hybrid": []}
+    for _ in range(repeats):  # interleaved
+        runs["full"].append(_median_time(lambda: sdpa(query, keys, values, mask, scale, 0.0), 1))
+        runs["hybrid"].append(_median_time(lambda: state._attend_prefill(buffers, query, keys, values, mask, scale), 1))
+    full_s, hybrid_s = statistics.median(runs["full"]), statistics.median(runs["hybrid"])
+    causal_pairs = length * (length + 1) / 2  # query-key pairs a causal full attention computes
+    hybrid_pairs = len(CORE_KV) / KV_HEADS * causal_pairs + len(reduced) / KV_HEADS * length * len(kept)
+    return {
+        "visual_tokens": n_visual,
+        "prefill_attention_full_s": round(full_s, 3),
+        "prefill_attention_hybrid_s": round(hybrid_s, 3),
+        "speedup": round(full_s / hybrid_s, 2),
+        "theoretical_speedup": round(causal_pairs / hybrid_pairs, 2),
     }
 
 
@@ -209,6 +249,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", default="runs/bench-acceleration", help="folder for part 0's resumable rows")
     parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 16384, 32768])
+    parser.add_argument("--prefill-sizes", type=int, nargs="*", default=[4096, 16384])
     parser.add_argument("--e2e-sizes", type=int, nargs="*", default=[4096, 16384])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--budget", type=float, default=0.1)
@@ -220,6 +261,9 @@ def main() -> None:
         builtin_methods(args.builtin_n, args.budgets, args.out, args.settings)
     for n in args.sizes:
         print(json.dumps({"kind": "decode_attention", **decode_attention(n, args.budget, args.repeats)}), flush=True)
+    for n in args.prefill_sizes:
+        row = prefill_attention(n, args.budget, max(1, args.repeats // 2))
+        print(json.dumps({"kind": "prefill_attention", **row}), flush=True)
     for n in args.e2e_sizes:
         row = end_to_end(n, args.layers, args.budget, max(1, args.repeats // 2))
         print(json.dumps({"kind": "end_to_end", **row}), flush=True)

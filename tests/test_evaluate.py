@@ -47,6 +47,12 @@ def test_resume_answers_only_missing_samples(tiny_builtin: QwenVLAdapter, tmp_pa
     assert resumed.rows == full.rows
     assert set(resumed.by_domain()) == {"scenes", "pages", "clips"}
     assert resumed.accuracy == pytest.approx(sum(r["correct"] for r in full.rows) / 6)
+    tiny_builtin.name = "another-model"
+    try:
+        with pytest.raises(ValueError, match="holds predictions of model 'tiny-builtin'"):
+            evaluate(tiny_builtin, samples, out=out)
+    finally:
+        tiny_builtin.name = "tiny-builtin"
 
 
 def test_duplicate_ids_are_refused(tiny_builtin: QwenVLAdapter) -> None:

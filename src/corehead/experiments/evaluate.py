@@ -60,6 +60,9 @@ def evaluate(
     shard = (shard or current_shard()) if out is not None else Shard()
     rows = RowLog(out, lambda r: r["id"], shard) if out is not None else None
     done = {r["id"]: r for r in rows.read()} if rows is not None else {}
+    other = {r.get("model", adapter.name) for r in done.values()} - {adapter.name}
+    if other:
+        raise ValueError(f"{out} holds predictions of model {sorted(other)[0]!r}; use a new --out file")
     mine = shard.batches(samples, batch_size)
     if on_progress is not None:
         on_progress(sum(s.id in done for batch in mine for s in batch))
@@ -71,6 +74,7 @@ def evaluate(
         new = [
             {
                 "id": sample.id,
+                "model": adapter.name,
                 "domain": sample.domain,
                 "question": sample.question,
                 "answer": sample.answer,

@@ -83,8 +83,8 @@ class Run:
     """A run folder of one command: checks and records its settings and progress in manifest.json.
 
     `settings` are what the rows depend on; a rerun into the same folder with other settings (or another
-    command's folder) is refused. The manifest also records how much is done and the wall time, summed
-    over every launch that worked on the run.
+    command's folder) is refused. The manifest also records how much is done, whether the run is complete
+    and its wall time, summed over the launches that got to the end (a killed launch's time is not known).
     """
 
     def __init__(self, out: Path, command: str, settings: dict[str, Any], shard: Shard, info: dict | None = None):
