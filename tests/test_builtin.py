@@ -72,4 +72,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         methods = {r["method"]: r for r in summary["acceleration"][domain]}
         assert set(methods) == {"full", "core", "uniform", "duo", "bottom"} and methods["core"]["n"] == 2
         assert methods["core"]["kv_bytes"] < methods["full"]["kv_bytes"]
+        rows = [
+            json.loads(x) for x in (tmp_path / f"accelerate-{domain}" / "accelerate.jsonl").read_text().splitlines()
+        ]
+        assert rows and all(r["prefill"] for r in rows)  # compressed in the prefill, where it can matter
     assert (tmp_path / "summary.json").exists() and (tmp_path / "predictions-seed0.jsonl").exists()
+    assert summary["wall_s"] > 0

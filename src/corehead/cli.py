@@ -719,6 +719,7 @@ def demo(
                 list(DEMO_METHODS),
                 max_new_tokens=4,
                 on_progress=advance,
+                prefill=True,  # compressed in the prefill too: decode-only compression leaves these answers alone
             )
         compared[domain] = summarize_runs(rows)
         kv_tradeoff(
@@ -747,7 +748,9 @@ def demo(
         )
     out.print(table)
     _print_sweep(sweep, n_ablate)
-    table = Table(title=f"visual KV at budget 0.1 for non-CoRe KV heads ({n_accelerate} samples per domain)")
+    table = Table(
+        title=f"visual KV at budget 0.1 for non-CoRe KV heads, prefill and decode ({n_accelerate} samples per domain)"
+    )
     for col in ("domain", *(f"{m}: accuracy, KV bytes" for m in DEMO_METHODS)):
         table.add_column(col, justify="right")
     for domain, rows in compared.items():

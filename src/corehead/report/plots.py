@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 
 def head_map(scores: np.ndarray, selected: list[tuple[int, int]], title: str, path: Path) -> Path:
@@ -69,6 +70,7 @@ def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
                 low, high = np.array(data[f"{key}_ci"]).T
                 ax.fill_between(data["k"], low, high, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("heads cut (k)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("accuracy")
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("change in the gold answer's log-prob")
