@@ -112,6 +112,14 @@ def test_two_processes_score_and_ablate_like_one(tmp_path: Path) -> None:
     assert one == two and len(two.splitlines()) == 9 * 4  # the same rows in the same order: none, top, bottom, random
     assert not list((tmp_path / "ab2").glob("ablation.r*.jsonl"))  # per-rank files merged away
 
+    kv = ["--heads", str(tmp_path / "one"), "--data", "synthetic:all", "--limit", "4", "--methods", "full,core"]
+    _single("accelerate", *kv, "--max-new-tokens", "3", "--out", str(tmp_path / "kv1"))
+    _run("accelerate", *kv, "--max-new-tokens", "3", "--out", str(tmp_path / "kv2"), "--num-processes", "2")
+    untimed = ("id", "method", "prediction", "correct", "kv_bytes", "kv_bytes_full", "visual_kv_share")
+    one, two = ([{k: json.loads(x)[k] for k in untimed} for x in (tmp_path / d / "accelerate.jsonl").open()]
+                for d in ("kv1", "kv2"))  # fmt: skip
+    assert one == two and len(two) == 4 * 2
+
 
 def test_killed_two_process_run_resumes_without_losing_or_duplicating(tmp_path: Path) -> None:
     common = ["--data", "synthetic:scenes", "--limit", "24", "--batch-size", "1"]
