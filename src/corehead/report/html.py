@@ -547,9 +547,10 @@ def _ablation(page: Page, index: int, label: str, run: Path) -> dict[str, Any]:
         "top − random",
     ]
     heads = f"heads: <code>{esc(result['heads'])}</code>; " if result.get("heads") else ""
-    about = f"<p>{heads}wall time {esc(_wall(_manifest(run)))}</p>"
+    manifest = _manifest(run)
+    about = f"<p>{heads}wall time {esc(_wall(manifest))}</p>"
     page.add(f"Ablation {label}", f"{about}{figure}{_table(header, rows, 'num ablation')}", slug)
-    return {"label": label, "path": str(run), "wall_s": _manifest(run).get("wall_s"), **result}
+    return {"label": label, "path": str(run), "wall_s": manifest.get("wall_s"), **result}
 
 
 def _acceleration(page: Page, index: int, label: str, run: Path) -> dict[str, Any]:
@@ -592,7 +593,8 @@ def _acceleration(page: Page, index: int, label: str, run: Path) -> dict[str, An
         "peak memory",
     ]
     about = f"budget {result['budget']}; prefill {result['prefill']}; query-agnostic {result['query_agnostic']}"
-    about += f"; wall time {_wall(_manifest(run))}"
+    manifest = _manifest(run)
+    about += f"; wall time {_wall(manifest)}"
     body = f'<p>{esc(about)}</p><div class="pair">{kv}{speed}</div>{_table(header, rows, "num acceleration")}'
     page.add(f"Acceleration {label}", body, slug)
-    return {"label": label, "path": str(run), "wall_s": _manifest(run).get("wall_s"), **result}
+    return {"label": label, "path": str(run), "wall_s": manifest.get("wall_s"), **result}
