@@ -79,3 +79,83 @@ def test_training_can_start_from_trained_weights(tmp_path: Path) -> None:
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "second")
     for (name, a), (_, b) in zip(start.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name  # lr 0: the weights it started from, untouched
+
+
+def _small_adapter():  # type: ignore[no-untyped-def]
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
+    from corehead.models.qwen_vl import QwenVLAdapter
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(build_config(tok, small=True)).eval()
+    return QwenVLAdapter(model, tok, build_image_processor(), "t")
+
+
+def test_grown_decoder_starts_as_the_same_function(tmp_path: Path) -> None:
+    import pytest
+
+    from corehead.data.synthetic import make_sample
+    from corehead.models.builtin.train import grow_decoder
+
+    first = tmp_path / "first"
+    train(first, _small(3, checkpoint_every=100))
+    adapter = _small_adapter()
+    inputs = adapter.encode(make_sample("clips", 0, 1), answer=True).inputs
+    model = AutoModelForImageTextToText.from_pretrained(first).eval()
+    grown = grow_decoder(model, 4).eval()
+    assert len(grown.model.language_model.layers) == grown.config.get_text_config().num_hidden_layers == 4
+    assert model.config.get_text_config().num_hidden_layers == 2  # the source model is left as it was
+    with torch.no_grad():
+        before, after = model(**inputs).logits, grown(**inputs).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    # the trained layers kept their weights, first and last in place; the new ones are not copies
+    layers, old = grown.model.language_model.layers, model.model.language_model.layers
+    assert torch.equal(layers[0].self_attn.q_proj.weight, old[0].self_attn.q_proj.weight)
+    assert torch.equal(layers[3].mlp.up_proj.weight, old[1].mlp.up_proj.weight)
+    assert not torch.any(layers[1].self_attn.o_proj.weight) and torch.any(layers[1].self_attn.q_proj.weight)
+    with pytest.raises(ValueError, match="can only grow"):
+        grow_decoder(model, 2)
+    # through the trainer: --init with more layers saves the grown model (lr 0 keeps it as it started)
+    train(tmp_path / "deeper", _small(1, lr=0.0, warmup=1, init=str(first), layers=4))
+    saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "deeper").eval()
+    assert saved.config.get_text_config().num_hidden_layers == 4
+    with torch.no_grad():
+        assert torch.allclose(saved(**inputs).logits, before, atol=1e-5)
+
+
+def test_still_video_asks_the_same_questions_over_video_tokens() -> None:
+    from corehead.data.synthetic import SEGMENT_FRAMES, make_scene
+    from corehead.models.builtin.train import _cell_labels, _pieces, still_video
+
+    adapter = _small_adapter()
+    scene = make_scene("scenes", 0, 4, split="train")
+    video = still_video(scene)
+    assert [u.kind for u in video.units] == ["frame"] * SEGMENT_FRAMES
+    assert all(u.load().tobytes() == scene.units[0].load().tobytes() for u in video.units)
+    assert [(f.question, f.answer) for f in video.facts] == [(f.question, f.answer) for f in scene.facts]
+    assert [r.unit for r in video.facts[0].regions] == list(range(SEGMENT_FRAMES))
+    rng = np.random.default_rng(0)
+    prefix, pieces = _pieces(scene, rng, False, 2)
+    as_image, as_video = adapter.assemble(scene.units, prefix, pieces), adapter.assemble(video.units, prefix, pieces)
+    assert set(as_image.mm_types) == {0, 1} and set(as_video.mm_types) == {0, 2}
+    # one temporal patch of the same pixels: the same cells, labelled with the same objects
+    assert np.array_equal(as_image.token_map.cells, as_video.token_map.cells)
+    labels = _cell_labels(video, as_video.token_map)
+    assert np.array_equal(labels, _cell_labels(scene, as_image.token_map)) and labels[:, 0].any()
+    # in a batch: scenes only, all shown as still videos
+    batch, aux = make_batch(adapter, _small(1, batch_size=3, domain_weights=(1.0, 0.0, 0.0), still_video=1.0), 0)
+    assert not torch.any(batch["mm_token_type_ids"] == 1) and "pixel_values" not in batch
+    assert aux.shape == (int((batch["mm_token_type_ids"] == 2).sum()), 2)
+
+
+def test_train_builtin_refuses_bad_recipe_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from corehead.cli import app
+
+    for option, value in (("--domain-weights", "1,2"), ("--domain-weights", "a,b,c"), ("--still-video", "1.5")):
+        result = CliRunner().invoke(app, ["train-builtin", "--out", str(tmp_path), option, value])
+        assert result.exit_code != 0 and option in result.output, (option, value, result.output)
+    assert not (tmp_path / "train_log.jsonl").exists()

@@ -863,11 +863,31 @@ def train_builtin(
     init: Annotated[
         str | None, typer.Option("--init", help="Start from these weights ('builtin' or a folder), not random.")
     ] = None,
+    layers: Annotated[int | None, typer.Option("--layers", help="Decoder layers (default: the built-in's).")] = None,
+    domain_weights: Annotated[
+        str | None, typer.Option("--domain-weights", help="How often scenes,pages,clips are drawn, e.g. 1,2,3.")
+    ] = None,
+    still_video: Annotated[
+        float | None, typer.Option("--still-video", help="Share of scenes images shown as a still video.")
+    ] = None,
 ) -> None:
-    """Train the built-in tiny VLM from scratch (about 90 minutes on 2 cores); resumes from OUT/checkpoint."""
+    """Train the built-in tiny VLM from scratch (2-4 hours on 2 cores); resumes from OUT/checkpoint."""
     from corehead.models.builtin.train import TrainConfig, train
 
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads, init=init)
+    recipe: dict[str, Any] = {"layers": layers}
+    if domain_weights is not None:
+        try:
+            weights = tuple(float(w) for w in domain_weights.split(","))
+        except ValueError:
+            weights = ()
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise typer.BadParameter("expected three non-negative numbers, e.g. 1,2,3", param_hint="--domain-weights")
+        recipe["domain_weights"] = weights
+    if still_video is not None:
+        if not 0 <= still_video <= 1:
+            raise typer.BadParameter("a share between 0 and 1", param_hint="--still-video")
+        recipe["still_video"] = still_video
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads, init=init, **recipe)
     with progress("training", cfg.steps) as advance:
         state = {"last": 0}
 

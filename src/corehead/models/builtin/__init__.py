@@ -78,19 +78,19 @@ def build_image_processor() -> Qwen2VLImageProcessorPil:
     )
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False) -> Qwen3VLConfig:
-    """The built-in architecture; `small` is a faster variant for tests of the trainer."""
+def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False, layers: int | None = None) -> Qwen3VLConfig:
+    """The built-in architecture; `small` is a faster variant for tests of the trainer; `layers` deepens it."""
 
     def tok(token: str) -> int:
         return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
-    layers, heads, hidden = (2, 4, 64) if small else (4, 16, 256)
+    depth, heads, hidden = (2, 4, 64) if small else (4, 16, 256)
     return Qwen3VLConfig(
         text_config={
             "vocab_size": VOCAB_SIZE,
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
-            "num_hidden_layers": layers,
+            "num_hidden_layers": layers or depth,
             "num_attention_heads": heads,
             "num_key_value_heads": heads // 4,
             "head_dim": 32,

@@ -12,11 +12,12 @@ Every input is drawn from the synthetic 'train' stream, disjoint from the 'eval'
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,18 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import Qwen3VLForConditionalGeneration
 
-from corehead.data.synthetic import COLOURS, DIGITS, DOMAINS, SHAPES, Scene, generate, make_scene
+from corehead.data.sample import Region, VisualUnit
+from corehead.data.synthetic import (
+    CLIP_FPS,
+    COLOURS,
+    DIGITS,
+    DOMAINS,
+    SEGMENT_FRAMES,
+    SHAPES,
+    Scene,
+    generate,
+    make_scene,
+)
 from corehead.experiments.evaluate import evaluate
 from corehead.models import resolve
 from corehead.models.base import VisualTokenMap
@@ -51,6 +63,7 @@ class TrainConfig:
     compact_end: float = 0.25
     curriculum_steps: tuple[int, int] = (2000, 3500)
     domain_weights: tuple[float, ...] = (1.0, 2.0, 2.0)  # how often each of DOMAINS is drawn
+    still_video: float = 0.0  # share of scenes inputs shown as a still video (see `still_video`)
     init: str | None = None  # start from these weights ('builtin' or a folder) instead of random ones
     eval_every: int = 250
     eval_n: int = 50  # held-out samples per domain at each evaluation
@@ -58,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     small: bool = False
+    layers: int | None = None  # decoder layers (None: the built-in architecture's)
     threads: int = 2
 
 
@@ -96,6 +110,31 @@ def _pieces(scene: Scene, rng: np.random.Generator, compact: bool, max_turns: in
     return USER, pieces
 
 
+def still_video(scene: Scene) -> Scene:
+    """A one-image scene shown as a still video of one temporal patch, asking the same questions.
+
+    The decoder otherwise learns to find a shape among image tokens and, separately and more weakly,
+    among video tokens (the shipped model answers a scene given as a still video at 0.57, as an image at
+    1.0); this shares the one skill between both kinds of input.
+    """
+    image = scene.units[0]
+    frames = [
+        VisualUnit(
+            "frame",
+            f"{image.source}/frame{f}",
+            image.width,
+            image.height,
+            frame=f,
+            timestamp=f / CLIP_FPS,
+            image=image.image,
+        )
+        for f in range(SEGMENT_FRAMES)
+    ]
+    facts = [replace(f, regions=[Region(k, r.box) for k in range(len(frames)) for r in f.regions]) for f in scene.facts]
+    things = [replace(t, unit=k) for k in range(len(frames)) for t in scene.things]
+    return Scene(scene.domain, frames, facts, things)
+
+
 def _cell_labels(scene: Scene, token_map: VisualTokenMap) -> np.ndarray:
     """Per visual token: (shape id, value id) of the object drawn in its cell (0 = nothing).
 
@@ -129,11 +168,13 @@ def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dic
         weights = np.asarray(cfg.domain_weights, dtype=float)
         domain = DOMAINS[int(rng.choice(len(DOMAINS), p=weights / weights.sum()))]
         scene = make_scene(domain, cfg.seed, index, split="train")
+        if cfg.still_video and domain == "scenes" and rng.random() < cfg.still_video:
+            scene = still_video(scene)
         prefix, pieces = _pieces(scene, rng, bool(rng.random() < share), cfg.max_turns)
         assembled = adapter.assemble(scene.units, prefix, pieces)
         rows.append(assembled)
         cell_labels = _cell_labels(scene, assembled.token_map)
-        (video_labels if scene.domain == "clips" else image_labels).append(cell_labels)
+        (video_labels if scene.units[0].kind == "frame" else image_labels).append(cell_labels)
     encoded = [r.encoded(adapter.with_mm_types) for r in rows]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
@@ -180,8 +221,10 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     torch.manual_seed(cfg.seed)
     if cfg.init is not None:  # continue from trained weights (a fresh optimizer and schedule)
         model = Qwen3VLForConditionalGeneration.from_pretrained(resolve(cfg.init))
+        if cfg.layers is not None and cfg.layers != model.config.get_text_config().num_hidden_layers:
+            model = grow_decoder(model, cfg.layers)
     else:
-        model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small))
+        model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small, layers=cfg.layers))
     aux = _Aux(model.config.get_text_config().hidden_size)
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
@@ -256,6 +299,41 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     summary = {"steps": step + 1, "config": asdict(cfg), "heldout": accuracy}
     (out / "training.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def grow_decoder(model: Qwen3VLForConditionalGeneration, layers: int) -> Qwen3VLForConditionalGeneration:
+    """The same model with a deeper decoder that computes exactly the same function to start with.
+
+    The trained layers keep their order, spread evenly with the first and the last in place; each new
+    layer starts as the identity (its attention output and MLP down projections are zero), so training
+    continues from what was learned and the new layers add room to compose (function-preserving growth).
+    """
+    old = model.config.get_text_config().num_hidden_layers
+    if not old < layers:
+        raise ValueError(f"can only grow the decoder: it has {old} layers, asked for {layers}")
+    config = copy.deepcopy(model.config)
+    text = config.get_text_config()
+    text.num_hidden_layers = layers
+    text.layer_types = ["full_attention"] * layers
+    grown = Qwen3VLForConditionalGeneration(config)
+    place = [round(i * (layers - 1) / (old - 1)) for i in range(old)]
+    prefix = "model.language_model.layers."
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            key = f"{prefix}{place[int(index)]}.{rest}"
+        state[key] = value
+    with torch.no_grad():
+        for i in sorted(set(range(layers)) - set(place)):
+            layer = grown.model.language_model.layers[i]
+            state[f"{prefix}{i}.self_attn.o_proj.weight"] = torch.zeros_like(layer.self_attn.o_proj.weight)
+            state[f"{prefix}{i}.mlp.down_proj.weight"] = torch.zeros_like(layer.mlp.down_proj.weight)
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    fresh = {f"{prefix}{i}." for i in set(range(layers)) - set(place)}
+    if unexpected or any(not any(k.startswith(f) for f in fresh) for k in missing):
+        raise RuntimeError(f"growing the decoder lost weights: missing {missing}, unexpected {unexpected}")
+    return grown
 
 
 def _checkpoint(
