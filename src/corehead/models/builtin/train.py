@@ -309,14 +309,14 @@ def grow_decoder(model: Qwen3VLForConditionalGeneration, layers: int) -> Qwen3VL
     continues from what was learned and the new layers add room to compose (function-preserving growth).
     """
     old = model.config.get_text_config().num_hidden_layers
-    if not old < layers:
+    if layers <= old:
         raise ValueError(f"can only grow the decoder: it has {old} layers, asked for {layers}")
     config = copy.deepcopy(model.config)
     text = config.get_text_config()
     text.num_hidden_layers = layers
     text.layer_types = ["full_attention"] * layers
     grown = Qwen3VLForConditionalGeneration(config)
-    place = [round(i * (layers - 1) / (old - 1)) for i in range(old)]
+    place = [round(i * (layers - 1) / max(1, old - 1)) for i in range(old)]
     prefix = "model.language_model.layers."
     state = {}
     for key, value in model.state_dict().items():
@@ -324,13 +324,13 @@ def grow_decoder(model: Qwen3VLForConditionalGeneration, layers: int) -> Qwen3VL
             index, rest = key[len(prefix) :].split(".", 1)
             key = f"{prefix}{place[int(index)]}.{rest}"
         state[key] = value
-    with torch.no_grad():
-        for i in sorted(set(range(layers)) - set(place)):
-            layer = grown.model.language_model.layers[i]
-            state[f"{prefix}{i}.self_attn.o_proj.weight"] = torch.zeros_like(layer.self_attn.o_proj.weight)
-            state[f"{prefix}{i}.mlp.down_proj.weight"] = torch.zeros_like(layer.mlp.down_proj.weight)
+    new = sorted(set(range(layers)) - set(place))
+    for i in new:
+        layer = grown.model.language_model.layers[i]
+        state[f"{prefix}{i}.self_attn.o_proj.weight"] = torch.zeros_like(layer.self_attn.o_proj.weight)
+        state[f"{prefix}{i}.mlp.down_proj.weight"] = torch.zeros_like(layer.mlp.down_proj.weight)
     missing, unexpected = grown.load_state_dict(state, strict=False)
-    fresh = {f"{prefix}{i}." for i in set(range(layers)) - set(place)}
+    fresh = {f"{prefix}{i}." for i in new}
     if unexpected or any(not any(k.startswith(f) for f in fresh) for k in missing):
         raise RuntimeError(f"growing the decoder lost weights: missing {missing}, unexpected {unexpected}")
     return grown
