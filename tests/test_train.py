@@ -48,15 +48,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_batches_supervise_only_answers(tmp_path: Path) -> None:
-    from transformers import Qwen3VLForConditionalGeneration
-
-    from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
-    from corehead.models.qwen_vl import QwenVLAdapter
-
-    tok = build_tokenizer()
-    adapter = QwenVLAdapter(
-        Qwen3VLForConditionalGeneration(build_config(tok, small=True)), tok, build_image_processor(), "t"
-    )
+    adapter = _small_adapter()
+    tok = adapter.tokenizer
     batch, aux = make_batch(adapter, _small(1, batch_size=6), step=0)
     supervised = batch["labels"][batch["labels"] != -100]
     words = set(tok.decode([int(t)]).strip() for t in supervised)
