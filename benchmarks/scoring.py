@@ -1,12 +1,15 @@
 """RAM scoring cost: corehead's recorder vs eager `output_attentions=True` vs a plain SDPA forward.
 
     python benchmarks/scoring.py --sizes 1024 4096 16384 --repeats 3
+    python benchmarks/scoring.py --device cuda --dtype bfloat16 --sizes 1024 4096 16384 --repeats 5
 
 One decoder sized like a real layer (hidden 2048, 16 query heads / 4 KV heads of 128, Qwen2-VL text
-model, random weights), fed `n` visual tokens plus a 40-token question. Each (method, size, repeat) runs
-in a fresh process, interleaved, so peak memory (max RSS) is its own. Prints medians and the ratios
-eager / corehead and corehead / plain. Eager runs are skipped where their [heads, L, L] weights alone
-would exceed --eager-limit-gb.
+model, random weights), fed `n` visual tokens plus a 40-token question; methods interleaved over repeats,
+medians. On the CPU each (method, size, repeat) runs in a fresh process, so peak memory (max RSS) is its
+own; on a GPU all run in one process after a warm-up, timed with synchronisation, and peak memory is the
+allocator's peak during the forward (weights included). Prints the ratios eager / corehead and
+corehead / plain. Eager runs are skipped where their [layers, heads, L, L] weights alone would exceed
+--eager-limit-gb.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ QUESTION = 40
 LAYERS, HIDDEN, HEADS, KV_HEADS = 2, 2048, 16, 4
 
 
-def _model(method: str):  # type: ignore[no-untyped-def]
+def _model(method: str, device: str = "cpu", dtype: str = "float32"):  # type: ignore[no-untyped-def]
     import torch
     from transformers import Qwen2VLTextConfig, Qwen2VLTextModel
 
@@ -38,22 +41,27 @@ def _model(method: str):  # type: ignore[no-untyped-def]
         attn_implementation="eager" if method == "eager" else "sdpa",
     )
     torch.manual_seed(0)
-    return Qwen2VLTextModel(config).eval()
+    return Qwen2VLTextModel(config).eval().to(device, getattr(torch, dtype))
 
 
-def run_one(method: str, n_visual: int) -> dict[str, float]:
-    """One forward of `method` in this process; returns seconds and peak RSS in GiB."""
+def run_one(method: str, n_visual: int, model=None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """One forward of `method` (a fresh CPU model unless `model` is given); seconds and peak GiB."""
     import torch
 
     from corehead.attention.recorder import ROW_GROUPS, RowPlan, decoder_attention, record
 
     torch.manual_seed(1)
-    model = _model(method)
+    model = model if model is not None else _model(method)
+    device = model.device
+    cuda = device.type == "cuda"
     length = n_visual + QUESTION
-    embeds = torch.randn(1, length, HIDDEN) * 0.02
+    embeds = (torch.randn(1, length, HIDDEN) * 0.02).to(device, model.dtype)
     rows = torch.arange(n_visual, length)[None]
     region = torch.zeros(1, n_visual, dtype=torch.bool)
     region[0, : n_visual // 50] = True
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
         start = time.perf_counter()
         if method == "plain":
@@ -76,8 +84,34 @@ def run_one(method: str, n_visual: int) -> dict[str, float]:
 
             with decoder_attention(model), record(plan):
                 model(inputs_embeds=embeds)
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    if cuda:
+        return {"seconds": seconds, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     return {"seconds": seconds, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _runner(device: str, dtype: str):  # type: ignore[no-untyped-def]
+    """(method, n) -> one measurement: a fresh process per run on the CPU, one warm model per method on a GPU."""
+    if device == "cpu":
+
+        def fresh(method: str, n: int) -> dict[str, float]:
+            command = [sys.executable, __file__, "--one", method, str(n)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        return fresh
+    models = {m: _model(m, device, dtype) for m in ("plain", "corehead", "eager")}
+    warm: set[tuple[str, int]] = set()
+
+    def run(method: str, n: int) -> dict[str, float]:
+        if (method, n) not in warm:  # kernels chosen and caches allocated outside the timing
+            run_one(method, n, models[method])
+            warm.add((method, n))
+        return run_one(method, n, models[method])
+
+    return run
 
 
 def main() -> None:
@@ -85,24 +119,28 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eager-limit-gb", type=float, default=12.0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: every run in one process on the GPU")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and inputs")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
         return
-    report = []
+    run = _runner(args.device, args.dtype)
+    if args.device != "cpu":
+        import torch
+
+        print(json.dumps({"device": torch.cuda.get_device_name(), "dtype": args.dtype}), flush=True)
+    bytes_per = 4 if args.dtype == "float32" else 2
     for n in args.sizes:
         length = n + QUESTION
         methods = ["plain", "corehead"]
-        if LAYERS * HEADS * length * length * 4 / 2**30 <= args.eager_limit_gb:
+        if LAYERS * HEADS * length * length * bytes_per / 2**30 <= args.eager_limit_gb:
             methods.append("eager")
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         for _ in range(args.repeats):
             for method in methods:  # interleaved
-                done = subprocess.run(
-                    [sys.executable, __file__, "--one", method, str(n)], capture_output=True, text=True, check=True
-                )
-                runs[method].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                runs[method].append(run(method, n))
         med = {m: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_gib")} for m, rs in runs.items()}
         row = {"visual_tokens": n, **{f"{m}_{k}": round(v, 3) for m, d in med.items() for k, v in d.items()}}
         row["overhead_vs_plain"] = round(med["corehead"]["seconds"] / med["plain"]["seconds"], 2)
@@ -110,11 +148,10 @@ def main() -> None:
             row["eager_over_corehead_time"] = round(med["eager"]["seconds"] / med["corehead"]["seconds"], 2)
             row["eager_over_corehead_memory"] = round(med["eager"]["peak_gib"] / med["corehead"]["peak_gib"], 2)
         else:  # a lower bound: the [layers, heads, L, L] float32 weights eager must hold at once
-            need = LAYERS * HEADS * length * length * 4 / 2**30
+            need = LAYERS * HEADS * length * length * bytes_per / 2**30
             row["eager"] = f"skipped: its attention weights alone need {need:.1f} GiB (> {args.eager_limit_gb})"
             row["eager_over_corehead_memory_at_least"] = round(need / med["corehead"]["peak_gib"], 1)
         print(json.dumps(row), flush=True)
-        report.append(row)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
     assert np.allclose([loss for _, loss in a], [loss for _, loss in b], atol=2e-3)
 
 
+def test_data_workers_train_on_the_same_batches(tmp_path: Path) -> None:
+    train(tmp_path / "inline", _small(4, checkpoint_every=100))
+    train(tmp_path / "workers", _small(4, checkpoint_every=100, workers=2))
+    a, b = _losses(tmp_path / "inline"), _losses(tmp_path / "workers")
+    assert [s for s, _ in b] == [1, 2, 3, 4]
+    assert np.allclose([loss for _, loss in a], [loss for _, loss in b], atol=1e-4)
+
+
 def test_batches_supervise_only_answers(tmp_path: Path) -> None:
     adapter = _small_adapter()
     tok = adapter.tokenizer

@@ -860,6 +860,9 @@ def train_builtin(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: SeedOpt = 0,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch.")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Processes building batches ahead (use spare cores beside a GPU).")
+    ] = 0,
     init: Annotated[
         str | None, typer.Option("--init", help="Start from these weights ('builtin' or a folder), not random.")
     ] = None,
@@ -871,7 +874,7 @@ def train_builtin(
         float | None, typer.Option("--still-video", help="Share of scenes images shown as a still video.")
     ] = None,
 ) -> None:
-    """Train the built-in tiny VLM from scratch (2-4 hours on 2 cores); resumes from OUT/checkpoint."""
+    """Train the built-in tiny VLM from scratch (2-4 hours on 2 cores; on a GPU when there is one); resumes."""
     from corehead.models.builtin.train import TrainConfig, train
 
     recipe: dict[str, Any] = {"layers": layers}
@@ -887,7 +890,9 @@ def train_builtin(
         if not 0 <= still_video <= 1:
             raise typer.BadParameter("a share between 0 and 1", param_hint="--still-video")
         recipe["still_video"] = still_video
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, threads=threads, init=init, **recipe)
+    cfg = TrainConfig(
+        steps=steps, batch_size=batch_size, seed=seed, threads=threads, workers=workers, init=init, **recipe
+    )
     with progress("training", cfg.steps) as advance:
         state = {"last": 0}
 

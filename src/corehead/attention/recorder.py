@@ -163,9 +163,10 @@ def sdpa(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: CompactMask, scale: float, dropout: float
 ) -> torch.Tensor:
     """Exact causal SDPA with padding, in query chunks so no mask block exceeds CHUNK_ELEMENTS entries."""
-    gqa = query.shape[1] != key.shape[1]
     lq, lk = query.shape[2], key.shape[2]
-    if mask.keep is None and (lq == 1 or (lq == lk and mask.q_offset == mask.kv_offset)):
+    plain = mask.keep is None and (lq == 1 or (lq == lk and mask.q_offset == mask.kv_offset))
+    key, value, gqa = _grouped(query, key, value, masked=not plain)
+    if plain:
         # nothing padded: a decode step sees every key, a prefill is plainly causal
         out = F.scaled_dot_product_attention(
             query, key, value, is_causal=lq > 1, dropout_p=dropout, scale=scale, enable_gqa=gqa
@@ -188,6 +189,20 @@ def sdpa(
         )
         outs.append(attended.masked_fill(blind, 0.0))  # they read nothing
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+
+
+def _grouped(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, masked: bool
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Key, value and `enable_gqa` for SDPA. On CUDA only the flash kernel takes grouped heads (half
+    precision, no explicit mask); anything else would fall back to the math kernel, which materialises
+    [Lq, Lk] scores, so there the KV heads are expanded to the query heads (linear memory) instead."""
+    groups = query.shape[1] // key.shape[1]
+    if groups == 1:
+        return key, value, False
+    if query.is_cuda and (masked or query.dtype not in (torch.float16, torch.bfloat16)):
+        return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), False
+    return key, value, True
 
 
 def _record(

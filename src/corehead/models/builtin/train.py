@@ -73,6 +73,7 @@ class TrainConfig:
     small: bool = False
     layers: int | None = None  # decoder layers (None: the built-in architecture's)
     threads: int = 2
+    workers: int = 0  # processes building batches ahead of the model (worth it beside a GPU)
 
 
 def _compact_share(cfg: TrainConfig, step: int) -> float:
@@ -190,6 +191,23 @@ def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dic
     return batch, aux
 
 
+class _Batches(torch.utils.data.Dataset):
+    """The training batches from step `start` on, indexable so data-loading workers can build them ahead."""
+
+    def __init__(self, adapter: QwenVLAdapter, cfg: TrainConfig, start: int) -> None:
+        self.adapter, self.cfg, self.start = adapter, cfg, start
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.steps - self.start)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return make_batch(self.adapter, self.cfg, self.start + i)
+
+
+def _one_thread(worker: int) -> None:
+    torch.set_num_threads(1)
+
+
 class _Aux(nn.Module):
     """Throwaway probe on merged visual tokens: predicts the cell's shape and value."""
 
@@ -212,8 +230,12 @@ def heldout_accuracy(adapter: QwenVLAdapter, n: int, seed: int) -> dict[str, flo
 
 
 def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> dict:
-    """Train into `out` (resuming from out/checkpoint if present); returns the final held-out accuracies."""
+    """Train into `out` (resuming from out/checkpoint if present); returns the final held-out accuracies.
+
+    Runs on the GPU when there is one (the batches, built on the CPU, are the same either way).
+    """
     torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
     tokenizer = build_tokenizer()
@@ -226,7 +248,8 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     else:
         model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small, layers=cfg.layers))
     aux = _Aux(model.config.get_text_config().hidden_size)
-    params = list(model.parameters()) + list(aux.parameters())
+    trained: list[nn.Module] = [model, aux]
+    params = [p for module in trained for p in module.to(device).parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     start = 0
     if (ckpt / "state.json").exists():
@@ -237,11 +260,11 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
             "curriculum_steps": tuple(state["config"]["curriculum_steps"]),
             "domain_weights": tuple(state["config"].get("domain_weights", (1.0, 1.0, 1.0))),
         }
-        run = {"threads": cfg.threads, "checkpoint_every": cfg.checkpoint_every}
+        run = {"threads": cfg.threads, "workers": cfg.workers, "checkpoint_every": cfg.checkpoint_every}
         cfg = TrainConfig(**{**stored, **run, "steps": max(cfg.steps, stored["steps"])})
         load_model(model, ckpt / "model.safetensors")
         load_model(aux, ckpt / "aux.safetensors")
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
         start = int(state["step"])
     adapter = QwenVLAdapter(model, tokenizer, processor, "builtin")
     feats: list[torch.Tensor] = []
@@ -254,10 +277,18 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     began = time.time()
     step = start
     accuracy: dict[str, float] = {}
+    batches = torch.utils.data.DataLoader(
+        _Batches(adapter, cfg, start),
+        batch_size=None,
+        num_workers=cfg.workers,
+        worker_init_fn=_one_thread,
+        prefetch_factor=4 if cfg.workers else None,
+    )
     try:
-        for step in range(start, cfg.steps):
+        for step, (batch, aux_labels) in enumerate(batches, start):
             model.train()
-            batch, aux_labels = make_batch(adapter, cfg, step)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            aux_labels = aux_labels.to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, step)
             feats.clear()
