@@ -16,8 +16,8 @@ from corehead.models import load_model
 from corehead.models.builtin import WEIGHTS
 
 # regression guards on 40 held-out samples, below the accuracies measured on 400 (README): scenes 1.00,
-# pages 0.98, clips 0.68 (clips is below the 0.9 bar, see the README)
-FLOOR = {"scenes": 0.9, "pages": 0.9, "clips": 0.5}
+# pages 0.78, clips 0.96 (pages is below the 0.9 bar, see the README)
+FLOOR = {"scenes": 0.9, "pages": 0.6, "clips": 0.8}
 
 
 def test_weights_load_with_transformers_own_loader() -> None:
@@ -58,7 +58,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n"] == 18 and set(summary["by_domain"]) == set(DOMAINS)
-    assert all(len(summary["core_heads"][d]) == 3 for d in DOMAINS)  # 5% of 64 heads
+    assert all(len(summary["core_heads"][d]) == 5 for d in DOMAINS)  # 5% of 96 heads
     for domain in DOMAINS:
         assert (tmp_path / f"score-{domain}" / "heads.json").exists()
         for picture in (
@@ -68,7 +68,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         ):
             assert (tmp_path / picture).stat().st_size > 1000
         sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
-        assert {("top", 3), ("bottom", 6), ("random-2", 6)} <= set(sweep) and sweep[("top", 3)]["n"] == 3
+        assert {("top", 5), ("bottom", 10), ("random-2", 10)} <= set(sweep) and sweep[("top", 5)]["n"] == 3
         methods = {r["method"]: r for r in summary["acceleration"][domain]}
         assert set(methods) == {"full", "core", "uniform", "duo", "bottom"} and methods["core"]["n"] == 2
         assert methods["core"]["kv_bytes"] < methods["full"]["kv_bytes"]

@@ -16,12 +16,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from transformers import AutoConfig
 from typer.testing import CliRunner
 
 from corehead.cli import app
 from corehead.data.synthetic import generate
 from corehead.experiments.runs import Shard, length_batches, sample_length
 from corehead.experiments.score import ScoreOptions, score
+from corehead.models.builtin import WEIGHTS
 from corehead.models.qwen_vl import QwenVLAdapter
 
 runner = CliRunner()
@@ -139,7 +141,9 @@ def test_killed_two_process_run_resumes_without_losing_or_duplicating(tmp_path: 
     _same_results(tmp_path / "one", killed)
     table = pq.read_table(killed / "results")
     keys = list(zip(*(table.column(k).to_pylist() for k in KEYS), strict=True))
-    assert len(keys) == len(set(keys)) == 24 * 4 * 16 * 4  # samples x layers x heads x query groups
+    text = AutoConfig.from_pretrained(WEIGHTS).get_text_config()
+    # samples x layers x heads x query groups
+    assert len(keys) == len(set(keys)) == 24 * text.num_hidden_layers * text.num_attention_heads * 4
     assert json.loads((killed / "manifest.json").read_text())["complete"]
 
 

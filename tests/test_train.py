@@ -156,7 +156,21 @@ def test_train_builtin_refuses_bad_recipe_options(tmp_path: Path) -> None:
 
     from corehead.cli import app
 
-    for option, value in (("--domain-weights", "1,2"), ("--domain-weights", "a,b,c"), ("--still-video", "1.5")):
+    for option, value in (
+        ("--domain-weights", "1,2"),
+        ("--domain-weights", "a,b,c"),
+        ("--still-video", "1.5"),
+        ("--lr", "0"),
+    ):
         result = CliRunner().invoke(app, ["train-builtin", "--out", str(tmp_path), option, value])
         assert result.exit_code != 0 and option in result.output, (option, value, result.output)
     assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_continuation_keeps_the_final_curriculum_mix() -> None:
+    from corehead.models.builtin.train import _compact_share
+
+    fresh, continued = TrainConfig(), TrainConfig(init="builtin")
+    assert _compact_share(fresh, 0) == fresh.compact_start
+    assert _compact_share(fresh, 4000) == fresh.compact_end
+    assert _compact_share(continued, 0) == continued.compact_end

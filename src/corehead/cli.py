@@ -867,6 +867,9 @@ def train_builtin(
         str | None, typer.Option("--init", help="Start from these weights ('builtin' or a folder), not random.")
     ] = None,
     layers: Annotated[int | None, typer.Option("--layers", help="Decoder layers (default: the built-in's).")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Peak learning rate (default 1e-3; lower to continue with --init).")
+    ] = None,
     domain_weights: Annotated[
         str | None, typer.Option("--domain-weights", help="How often scenes,pages,clips are drawn, e.g. 1,2,3.")
     ] = None,
@@ -886,6 +889,10 @@ def train_builtin(
         if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
             raise typer.BadParameter("expected three non-negative numbers, e.g. 1,2,3", param_hint="--domain-weights")
         recipe["domain_weights"] = weights
+    if lr is not None:
+        if not lr > 0:
+            raise typer.BadParameter("a positive learning rate", param_hint="--lr")
+        recipe["lr"] = lr
     if still_video is not None:
         if not 0 <= still_video <= 1:
             raise typer.BadParameter("a share between 0 and 1", param_hint="--still-video")

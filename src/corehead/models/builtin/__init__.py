@@ -2,7 +2,7 @@
 
 It ships in `weights/` (config, safetensors, tokenizer, image processor), loads with transformers' own
 `from_pretrained`, offline, and goes through the same adapter as every other Qwen-VL model.
-Decoder: 4 layers x 16 query heads / 4 KV heads (64 query heads, GQA groups of 4), hidden 256, head dim 32.
+Decoder: 6 layers x 16 query heads / 4 KV heads (96 query heads, GQA groups of 4), hidden 256, head dim 32.
 Vision: patch 16, 2x2 merge (32 px per decoder token), temporal patch 2, depth 4, width 128.
 """
 
@@ -84,7 +84,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, small: bool = False, layers
     def tok(token: str) -> int:
         return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
-    depth, heads, hidden = (2, 4, 64) if small else (4, 16, 256)
+    depth, heads, hidden = (2, 4, 64) if small else (6, 16, 256)
     return Qwen3VLConfig(
         text_config={
             "vocab_size": VOCAB_SIZE,
