@@ -877,7 +877,7 @@ def train_builtin(
         float | None, typer.Option("--still-video", help="Share of scenes images shown as a still video.")
     ] = None,
 ) -> None:
-    """Train the built-in tiny VLM from scratch (2-4 hours on 2 cores; on a GPU when there is one); resumes."""
+    """Train the built-in tiny VLM from scratch (hours on 2 cores, minutes on a GPU when there is one); resumes."""
     from corehead.models.builtin.train import TrainConfig, train
 
     recipe: dict[str, Any] = {"layers": layers}
