@@ -126,6 +126,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
         return
+    if args.device == "cpu" and args.dtype != "float32":
+        parser.error("--dtype applies to --device cuda; CPU runs are float32")
     run = _runner(args.device, args.dtype)
     if args.device != "cpu":
         import torch
