@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from corehead.models.builtin.train import TrainConfig, make_batch, train
@@ -80,6 +82,20 @@ def test_training_can_start_from_trained_weights(tmp_path: Path) -> None:
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "second")
     for (name, a), (_, b) in zip(start.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name  # lr 0: the weights it started from, untouched
+    # the probe on the visual tokens carries over too, rather than restarting at random
+    probe = load_file(first / "checkpoint" / "aux.safetensors")
+    carried = load_file(tmp_path / "second" / "checkpoint" / "aux.safetensors")
+    assert probe.keys() == carried.keys() and all(torch.equal(probe[k], carried[k]) for k in probe)
+    assert all(bool(v.abs().sum() > 0) for v in probe.values())
+
+
+def test_continuation_without_a_probe_starts_it_at_zero(tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train(first, _small(1, checkpoint_every=100))
+    shutil.rmtree(first / "checkpoint")  # like the shipped weights: a model folder with no run beside it
+    train(tmp_path / "second", _small(1, lr=0.0, warmup=1, init=str(first)))
+    probe = load_file(tmp_path / "second" / "checkpoint" / "aux.safetensors")
+    assert all(not v.any() for v in probe.values())  # so its first gradients leave the visual features alone
 
 
 def _small_adapter():  # type: ignore[no-untyped-def]

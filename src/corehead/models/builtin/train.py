@@ -224,6 +224,19 @@ class _Aux(nn.Module):
         return ce(self.shape(feats), labels[:, 0]) + ce(self.value(feats), labels[:, 1])
 
 
+def _continue_probe(aux: _Aux, trained: Path) -> None:
+    """Start a continuation's probe from the run it continues, or at zero where that run left none.
+
+    A random probe would send large gradients into the trained visual features for its first steps;
+    a zero one sends none until it has learnt something.
+    """
+    if trained.exists():
+        load_model(aux, trained)
+        return
+    for p in aux.parameters():
+        nn.init.zeros_(p)
+
+
 def heldout_accuracy(adapter: QwenVLAdapter, n: int, seed: int) -> dict[str, float]:
     """Exact-match accuracy of generated answers on n held-out samples per domain."""
     adapter.model.eval()
@@ -251,6 +264,8 @@ def train(out: Path, cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], 
     else:
         model = Qwen3VLForConditionalGeneration(build_config(tokenizer, small=cfg.small, layers=cfg.layers))
     aux = _Aux(model.config.get_text_config().hidden_size)
+    if cfg.init is not None:
+        _continue_probe(aux, Path(resolve(cfg.init)) / CHECKPOINT / "aux.safetensors")
     trained: list[nn.Module] = [model, aux]
     params = [p for module in trained for p in module.to(device).parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
