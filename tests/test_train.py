@@ -177,6 +177,7 @@ def test_train_builtin_refuses_bad_recipe_options(tmp_path: Path) -> None:
         ("--domain-weights", "a,b,c"),
         ("--still-video", "1.5"),
         ("--lr", "0"),
+        ("--value-focus", "-1"),
     ):
         result = CliRunner().invoke(app, ["train-builtin", "--out", str(tmp_path), option, value])
         assert result.exit_code != 0 and option in result.output, (option, value, result.output)
@@ -190,3 +191,20 @@ def test_continuation_keeps_the_final_curriculum_mix() -> None:
     assert _compact_share(fresh, 0) == fresh.compact_start
     assert _compact_share(fresh, 4000) == fresh.compact_end
     assert _compact_share(continued, 0) == continued.compact_end
+
+
+def test_value_focus_adds_the_value_loss_of_object_cells() -> None:
+    from corehead.models.builtin.train import _Aux
+
+    torch.manual_seed(0)
+    probe = _Aux(8)
+    feats = torch.randn(6, 8)
+    labels = torch.tensor([[0, 0], [3, 12], [0, 0], [5, 9], [0, 0], [1, 2]])
+    plain, focused = probe.loss(feats, labels), probe.loss(feats, labels, value_focus=2.0)
+    # independently: mean negative log-likelihood of the true value over the three object cells
+    logp = torch.log_softmax(probe.value(feats[[1, 3, 5]]), dim=-1)
+    nll = -logp[torch.arange(3), torch.tensor([12, 9, 2])].mean()
+    assert torch.allclose(focused - plain, 2.0 * nll, atol=1e-6)
+    assert torch.equal(
+        probe.loss(feats[[0, 2, 4]], labels[[0, 2, 4]], 2.0), probe.loss(feats[[0, 2, 4]], labels[[0, 2, 4]])
+    )

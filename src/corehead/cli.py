@@ -876,6 +876,10 @@ def train_builtin(
     still_video: Annotated[
         float | None, typer.Option("--still-video", help="Share of scenes images shown as a still video.")
     ] = None,
+    value_focus: Annotated[
+        float | None,
+        typer.Option("--value-focus", help="Extra weight of the probe's value loss on cells showing an object."),
+    ] = None,
 ) -> None:
     """Train the built-in tiny VLM from scratch (hours on 2 cores, minutes on a GPU when there is one); resumes."""
     from corehead.models.builtin.train import TrainConfig, train
@@ -897,6 +901,10 @@ def train_builtin(
         if not 0 <= still_video <= 1:
             raise typer.BadParameter("a share between 0 and 1", param_hint="--still-video")
         recipe["still_video"] = still_video
+    if value_focus is not None:
+        if not value_focus >= 0:
+            raise typer.BadParameter("a non-negative weight", param_hint="--value-focus")
+        recipe["value_focus"] = value_focus
     cfg = TrainConfig(
         steps=steps, batch_size=batch_size, seed=seed, threads=threads, workers=workers, init=init, **recipe
     )
