@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 
 from corehead.data import synthetic
 from corehead.experiments.evaluate import evaluate
@@ -74,6 +75,10 @@ def main() -> None:
         if domain == "clips":
             report[domain]["errors"] = clip_errors(result.rows, args.seeds, args.n)
             print(f"        wrong answers by where that colour is: {report[domain]['errors']}", flush=True)
+        if domain == "pages":
+            said = Counter(f"{r['answer']}->{r['prediction'].strip()}" for r in result.rows if not r["correct"])
+            report[domain]["errors"] = dict(said.most_common(8))
+            print(f"        wrong answers, true->said: {report[domain]['errors']}", flush=True)
     print(json.dumps({"model": args.model, "seeds": args.seeds, "seconds": round(time.time() - began), **report}))
 
 
