@@ -4,7 +4,8 @@ What makes a 6M-parameter VLM learn retrieval in hours on two CPU cores (minutes
 - several questions about one input in one sequence (a multi-turn chat), so each vision forward
   supervises many answers;
 - an auxiliary loss on the merged visual tokens predicting the shape and value drawn in each cell (a
-  throwaway linear head, not saved), so the vision tower learns to see before the decoder learns to ask;
+  throwaway linear head, kept only in checkpoints), so the vision tower learns to see before the decoder
+  learns to ask; `value_focus` weights the cells that show an object, where fine glyphs (6, 8, 9) are read;
 - a curriculum from a one-hop form (" star" -> "red": the answer right after the naming token) to the
   realistic chat prompt ("What colour is the star?" ... assistant "red"), mixed throughout.
 Every input is drawn from the synthetic 'train' stream, disjoint from the 'eval' stream used to measure.
