@@ -178,7 +178,7 @@ def test_report_command_and_a_folder_without_runs(study: Path, tmp_path: Path) -
 
 
 def test_wall_time_and_the_ablation_curves_drawn_are_the_runs_numbers(study: Path) -> None:
-    from corehead.report.plots import ablation_series
+    from corehead.plots import ablation_series
 
     root = study.parent
     manifest = json.loads((root / "run" / "manifest.json").read_text())

@@ -308,7 +308,7 @@ def score(
         )
     if not shard.main:
         return
-    from corehead.report.plots import head_map
+    from corehead.plots import head_map
 
     title = f"{headset.metric} per head ({headset.query} rows, {headset.n_samples} samples)"
     head_map(np.asarray(headset.scores["mean"]), headset.selected, title, out_dir / "heads.png")
@@ -474,7 +474,7 @@ def ablate(
     (out_dir / "ablation.json").write_text(
         json.dumps({"heads": str(heads), "mode": mode, "conditions": table}, indent=2)
     )
-    from corehead.report.plots import ablation_sweep
+    from corehead.plots import ablation_sweep
 
     ablation_sweep(table, f"{mode} ablation ({len(samples)} samples)", out_dir / "ablation.png")
     if as_json:
@@ -589,7 +589,7 @@ def accelerate(
     table = summarize_runs(rows)
     result = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic, "methods": table}
     (out_dir / "accelerate.json").write_text(json.dumps(result, indent=2))
-    from corehead.report.plots import kv_tradeoff
+    from corehead.plots import kv_tradeoff
 
     kv_tradeoff(table, f"accuracy vs KV kept at budget {budget:g}", out_dir / "accelerate.png")
     if as_json:
@@ -677,7 +677,7 @@ def demo(
         heads[domain] = headset
     summary["core_heads"] = {d: h.selected for d, h in heads.items()}
     from corehead.experiments.ablate import ablate, parse_k, plan_conditions, summarize
-    from corehead.report.plots import ablation_sweep, head_map, kv_tradeoff
+    from corehead.plots import ablation_sweep, head_map, kv_tradeoff
 
     for domain, headset in heads.items():
         title = f"RAM per head on {domain}"

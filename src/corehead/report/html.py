@@ -30,7 +30,7 @@ from safetensors import safe_open
 from corehead.attention.recorder import ROW_GROUPS
 from corehead.experiments.score import load_maps
 from corehead.heads import HeadSet, overlap
-from corehead.report import plots
+from corehead import plots
 
 HEAD_STATS = ("ram", "visual_mass", "region_share", "lift", "entropy", "top_in_region")  # shown per head
 MAX_UNITS = 8  # pictures (pages, frames) shown per sample
