@@ -95,6 +95,9 @@ def test_rows_resume_and_effects_are_paired(tiny_builtin: QwenVLAdapter, tmp_pat
     assert lo <= table[("top", 2)]["delta_logprob"] <= hi
     assert table[("none", 0)]["delta_logprob"] == 0.0 and table[("none", 0)]["p_value"] == 1.0
     assert table[("top", 2)]["delta_logprob"] != 0.0  # ablating heads changes the model
+    written = json.loads((tmp_path / "ablation.json").read_text())  # the run's summary, beside its rows
+    assert written == {"heads": "ram:all", "mode": "zero", "conditions": json.loads(json.dumps(summarize(again)))}
+    assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match=r"other settings \(mode was \"zero\""):
         ablate(tiny_builtin, samples, headset, tmp_path, ks=[2], seeds=1, batch_size=2, mode="mean")
 
@@ -115,14 +118,14 @@ def test_top_is_compared_with_the_mean_of_its_random_controls() -> None:
 
 def _record_under(adapter: QwenVLAdapter, samples, mode: str, heads, forbid_mode: str | None = None):
     """Per-layer recorded statistics [B, H, G, S] of a batch, with `heads` cut in `mode` (or nothing)."""
-    from corehead.experiments.ablate import _forbidden
+    from corehead.experiments.modes import ablation_mode
 
     encoded = [adapter.encode(s) for s in samples]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
     regions = [sample_region_tokens(s, e.token_map).indices for s, e in zip(samples, encoded, strict=True)]
     plan = plan_rows(encoded, width, regions, [np.zeros(0, dtype=np.int64)] * len(samples), [0] * len(samples))
-    forbid = _forbidden(samples, encoded, mode) if mode.startswith("mask-") else None
+    forbid = ablation_mode(mode).forbidden(samples, encoded)
     with (
         torch.no_grad(),
         decoder_attention(adapter.model),
@@ -169,12 +172,12 @@ def test_cutting_a_planted_retrieval_head_destroys_what_it_does(tiny_qwen2_vl: Q
 
     def sensitivity(mode: str, heads) -> float:
         """Mean distance between the last-position logits of red and blue squares at the same places."""
-        from corehead.experiments.ablate import _forbidden
+        from corehead.experiments.modes import ablation_mode
 
         logits = []
         for samples in (red, blue):
             encoded = [adapter.encode(s) for s in samples]
-            forbid = _forbidden(samples, encoded, mode) if mode.startswith("mask-") else None
+            forbid = ablation_mode(mode).forbidden(samples, encoded)
             with torch.no_grad(), intervened(model, mode, heads, forbid=forbid):
                 logits.append(model(**adapter.collate(encoded)).logits[:, -1])
         return float((logits[0] - logits[1]).norm(dim=-1).mean())
@@ -205,15 +208,15 @@ def test_bad_modes_are_refused(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> N
 def test_patching_writes_the_source_values_into_exactly_the_targeted_slices(tiny_builtin: QwenVLAdapter) -> None:
     from test_interventions import _o_proj_inputs
 
-    from corehead.attention.interventions import HeadPatch, head_outputs
-    from corehead.experiments.ablate import _last_prompt_token
+    from corehead.attention.interventions import HeadPatch, capture_head_outputs
+    from corehead.experiments.modes import last_prompt_token
 
     model = tiny_builtin.model
     target = [tiny_builtin.encode(make_sample(d, 5, 0)) for d in ("scenes", "pages")]
     source = [tiny_builtin.encode(make_sample(d, 6, 1)) for d in ("clips", "scenes")]
-    values = head_outputs(model, tiny_builtin.collate(source), _last_prompt_token(source))
+    values = capture_head_outputs(model, tiny_builtin.collate(source), last_prompt_token(source))
     batch = tiny_builtin.collate(target)
-    positions = _last_prompt_token(target)
+    positions = last_prompt_token(target)
     heads = ((0, 1), (0, 3))
     base = _o_proj_inputs(model, batch)
     with HeadPatch(heads, values, positions).apply(model):
@@ -231,21 +234,21 @@ def test_patching_the_planted_head_carries_the_source_colour(tiny_qwen2_vl: Qwen
     the blue one's; any other single head barely moves it."""
     from planted import HEAD, plant_head, square_samples
 
-    from corehead.attention.interventions import head_outputs
-    from corehead.experiments.ablate import _last_prompt_token
+    from corehead.attention.interventions import capture_head_outputs
+    from corehead.experiments.modes import last_prompt_token
 
     red, blue = square_samples(6, (230, 20, 20)), square_samples(6, (20, 40, 230))
     adapter = plant_head(tiny_qwen2_vl, red[0])
     model = adapter.model
     red_enc, blue_enc = [adapter.encode(s) for s in red], [adapter.encode(s) for s in blue]
     red_batch, blue_batch = adapter.collate(red_enc), adapter.collate(blue_enc)
-    values = head_outputs(model, blue_batch, _last_prompt_token(blue_enc))
+    values = capture_head_outputs(model, blue_batch, last_prompt_token(blue_enc))
     with torch.no_grad():
         want = model(**blue_batch).logits[:, -1]
         gap = float((model(**red_batch).logits[:, -1] - want).norm(dim=-1).mean())
 
     def gap_after(head) -> float:
-        with torch.no_grad(), intervened(model, "patch", (head,), source=(values, _last_prompt_token(red_enc))):
+        with torch.no_grad(), intervened(model, "patch", (head,), source=(values, last_prompt_token(red_enc))):
             return float((model(**red_batch).logits[:, -1] - want).norm(dim=-1).mean())
 
     text = model.config.get_text_config()

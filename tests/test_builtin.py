@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import invoke
 from transformers import AutoModelForImageTextToText
-from typer.testing import CliRunner
 
-from corehead.cli import app
 from corehead.data.synthetic import DOMAINS, generate
 from corehead.experiments.evaluate import evaluate
 from corehead.models import load_model
@@ -36,26 +35,10 @@ def test_builtin_answers_held_out_samples(domain: str) -> None:
     assert result.accuracy >= FLOOR[domain]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "--quiet",
-            "demo",
-            "--n",
-            "6",
-            "--n-score",
-            "4",
-            "--n-ablate",
-            "3",
-            "--n-accelerate",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--json",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    args = ["--n", "6", "--n-score", "4", "--n-ablate", "3", "--n-accelerate", "2", "--out", str(tmp_path), "--json"]
+    result = invoke("--quiet", "demo", *args)
     summary = json.loads(result.stdout)
     assert summary["n"] == 18 and set(summary["by_domain"]) == set(DOMAINS)
     assert all(len(summary["core_heads"][d]) == 5 for d in DOMAINS)  # 5% of 96 heads

@@ -10,19 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from helpers import invoke
 
 from corehead import cli
 from corehead.data import synthetic
 from corehead.data.sample import write_jsonl
-
-runner = CliRunner()
-
-
-def invoke(*args: str) -> Any:
-    result = runner.invoke(cli.app, list(args))
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -123,3 +124,37 @@ def test_accelerate_compares_methods_at_one_kv_budget(saved_model: Path, tmp_pat
     plain = [json.loads(line) for line in (tmp_path / "acc" / "accelerate.jsonl").read_text().splitlines()]
     # full attention answers the same whether the question comes in a second forward or not
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in plain if r["method"] == "full"]
+
+
+@pytest.mark.slow
+def test_study_scores_each_domain_then_tests_held_out_samples_and_resumes(saved_model: Path, tmp_path: Path) -> None:
+    """`corehead study` on a model and dataset of one's own: every stage a run folder, the report at the end."""
+    runner = CliRunner()
+    args = ["--quiet", "study", "--model", str(saved_model), "--data", "synthetic:all", "--limit", "12"]
+    args += ["--n-score", "2", "--n-ablate", "2", "--n-accelerate", "1", "--k", "1", "--seeds", "1"]
+    args += ["--methods", "full,core", "--out", str(tmp_path), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout)
+    assert summary["model"] == str(saved_model) and summary["n"] == 3 * 2  # the held-out samples are evaluated
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert Path(summary["report"]).exists() and summary["wall_s"] >= 0
+    for domain in ("scenes", "pages", "clips"):
+        scored = set(pq.read_table(tmp_path / f"score-{domain}" / "results").column("sample_id").to_pylist())
+        ablated = {json.loads(line)["id"] for line in (tmp_path / f"ablate-{domain}" / "ablation.jsonl").open()}
+        assert len(scored) == len(ablated) == 2 and not scored & ablated
+        assert (
+            summary["ablation"][domain]
+            == json.loads((tmp_path / f"ablate-{domain}" / "ablation.json").read_text())["conditions"]
+        )
+        methods = json.loads((tmp_path / f"accelerate-{domain}" / "accelerate.json").read_text())["methods"]
+        assert [m["method"] for m in methods] == ["full", "core"] and methods[0]["n"] == 1
+    rows = (tmp_path / "ablate-scenes" / "ablation.jsonl").read_text()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "ablate-scenes" / "ablation.jsonl").read_text() == rows  # resumed: nothing redone
+    assert {k: v for k, v in json.loads(again.stdout).items() if k != "wall_s"} == {
+        k: v for k, v in summary.items() if k != "wall_s"
+    }
+    few = runner.invoke(app, [*args[:-3], "--n-score", "4", "--out", str(tmp_path / "few")])
+    assert few.exit_code != 0 and "none left to test after --n-score 4" in str(few.exception)

@@ -12,13 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pypdfium2 as pdfium
 import pytest
+from helpers import by_id, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
-from corehead.cli import app
 from corehead.data import LoadReport, load_dataset
 from corehead.data import mmdocir as mmdocir_module
-from corehead.data.sample import Region, Sample, SampleError
+from corehead.data.sample import Region, SampleError
 from corehead.metrics.mmlongbench import extract, score
 from corehead.metrics.tasks import score_answer
 
@@ -125,10 +124,6 @@ def write_mmdocir(root: Path, docs: list[dict[str, Any]] | None = None, lines: l
 @pytest.fixture
 def mmdocir_root(tmp_path: Path) -> Path:
     return write_mmdocir(tmp_path / "MMDocIR")
-
-
-def by_id(samples: list[Sample]) -> dict[str, Sample]:
-    return {s.id: s for s in samples}
 
 
 def near(image: Image.Image, colour: tuple[int, int, int]) -> bool:
@@ -391,19 +386,11 @@ def test_mmlongbench_extraction_and_formats() -> None:
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-runner = CliRunner()
-
-
-def invoke(*args: str) -> Any:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
 
 def test_data_show_prints_mmdocir_pages_and_pixel_boxes(mmdocir_root: Path) -> None:
     result = invoke("--quiet", "data", "show", f"mmdocir:{mmdocir_root}", "--limit", "2")
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    expected = {s.id: s for s in load_dataset(f"mmdocir:{mmdocir_root}", n=2)}
+    expected = by_id(load_dataset(f"mmdocir:{mmdocir_root}", n=2))
     assert [row["id"] for row in rows] == list(expected)
     for row in rows:
         sample = expected[row["id"]]

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import by_id, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 import corehead
-from corehead.cli import app
 from corehead.data import LoadReport, SampleError, load_dataset
 from corehead.data.refcocog import read_refs
 from corehead.metrics.tasks import score_answer
@@ -110,12 +109,8 @@ def root(tmp_path: Path) -> Path:
     return write_release(tmp_path / "refcoco")
 
 
-def by_id(spec: str, **kwargs: Any) -> dict[str, corehead.Sample]:
-    return {s.id: s for s in load_dataset(spec, **kwargs)}
-
-
 def test_one_sample_per_sentence_with_boxes_from_coco_bboxes(root: Path) -> None:
-    samples = by_id(f"refcocog:{root}?split=val")
+    samples = by_id(load_dataset(f"refcocog:{root}?split=val"))
     assert sorted(samples) == VAL
     first = samples["refcocog-1-11"]
     unit = first.units[0]
@@ -142,10 +137,10 @@ def test_one_sample_per_sentence_with_boxes_from_coco_bboxes(root: Path) -> None
 
 
 def test_splits_filter_refs_and_val_is_the_default(root: Path) -> None:
-    assert sorted(by_id(f"refcocog:{root}?split=train")) == ["refcocog-3-31"]
-    assert sorted(by_id(f"refcocog:{root}?split=test")) == ["refcocog-4-41", "refcocog-4-42"]
-    assert sorted(by_id(f"refcocog:{root}")) == VAL
-    assert by_id(f"refcocog:{root}?split=test")["refcocog-4-42"].regions[0].box == (1.0, 2.0, 4.0, 6.0)
+    assert sorted(by_id(load_dataset(f"refcocog:{root}?split=train"))) == ["refcocog-3-31"]
+    assert sorted(by_id(load_dataset(f"refcocog:{root}?split=test"))) == ["refcocog-4-41", "refcocog-4-42"]
+    assert sorted(by_id(load_dataset(f"refcocog:{root}"))) == VAL
+    assert by_id(load_dataset(f"refcocog:{root}?split=test"))["refcocog-4-42"].regions[0].box == (1.0, 2.0, 4.0, 6.0)
 
 
 def test_seeded_order_and_limit(root: Path) -> None:
@@ -161,12 +156,12 @@ def test_seeded_order_and_limit(root: Path) -> None:
 
 
 def test_mask_option_uses_the_tight_box_of_the_segmentation(root: Path) -> None:
-    dog = by_id(f"refcocog:{root}?split=val&box=mask")["refcocog-2-21"]
+    dog = by_id(load_dataset(f"refcocog:{root}?split=val&box=mask"))["refcocog-2-21"]
     # the union of the polygons (10, 10)-(30, 20) and (40, 5)-(50, 15), not the loose bbox (2, 4)-(52, 34)
     assert dog.regions == [corehead.Region(0, (10.0, 5.0, 50.0, 20.0))]
     assert dog.answer == "[10, 5, 50, 20]"
     assert dog.distractors == [corehead.Region(0, (0.0, 0.0, 64.0, 48.0))]
-    man = by_id(f"refcocog:{root}?box=mask")["refcocog-1-11"]
+    man = by_id(load_dataset(f"refcocog:{root}?box=mask"))["refcocog-1-11"]
     assert man.regions[0].box == (10.0, 10.0, 30.0, 20.0)
 
 
@@ -273,12 +268,11 @@ def test_skip_invalid_keeps_the_good_samples_and_reports_the_rest(tmp_path: Path
 
 
 def test_data_show_prints_jsonl(root: Path) -> None:
-    result = CliRunner().invoke(app, ["--quiet", "data", "show", f"refcocog:{root}", "--limit", "2"])
-    assert result.exit_code == 0, (result.output, result.exception)
+    result = invoke("--quiet", "data", "show", f"refcocog:{root}", "--limit", "2")
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["id"] for r in rows] == [VAL[i] for i in np.random.default_rng(0).permutation(4)[:2]]
     for row in rows:
-        sample = by_id(f"refcocog:{root}")[row["id"]]
+        sample = by_id(load_dataset(f"refcocog:{root}"))[row["id"]]
         unit = sample.units[0]
         assert row["units"] == [{"kind": "image", "source": unit.source, "width": unit.width, "height": unit.height}]
         assert row["regions"] == [{"unit": 0, "box": list(sample.regions[0].box or ())}]
@@ -287,25 +281,23 @@ def test_data_show_prints_jsonl(root: Path) -> None:
 
 def test_grounding_answers_score_by_iou_in_the_models_convention(root: Path) -> None:
     adapter = corehead.load_model("builtin")  # Qwen3-VL family: boxes in thousandths of the image
-    man = by_id(f"refcocog:{root}")["refcocog-1-11"]  # (10, 10)-(30, 20) on 80 x 60
-    assert score_answer(man, "[125, 167, 375, 333]", adapter) == 1.0  # the gold box itself
-    assert score_answer(man, 'the man: {"bbox_2d": [188, 167, 438, 333]}', adapter) == 1.0  # 5 px right: IoU 0.6
-    assert score_answer(man, "[213, 167, 463, 333]", adapter) == 0.0  # 7 px right: IoU 0.48
-    assert score_answer(man, "[0, 667, 125, 833]", adapter) == 0.0  # far away
-    assert score_answer(man, "the man on the left", adapter) == 0.0  # no box
+    man = by_id(load_dataset(f"refcocog:{root}"))["refcocog-1-11"]  # (10, 10)-(30, 20) on 80 x 60
+    parse = adapter.parse_boxes
+    assert score_answer(man, "[125, 167, 375, 333]", parse) == 1.0  # the gold box itself
+    assert score_answer(man, 'the man: {"bbox_2d": [188, 167, 438, 333]}', parse) == 1.0  # 5 px right: IoU 0.6
+    assert score_answer(man, "[213, 167, 463, 333]", parse) == 0.0  # 7 px right: IoU 0.48
+    assert score_answer(man, "[0, 667, 125, 833]", parse) == 0.0  # far away
+    assert score_answer(man, "the man on the left", parse) == 0.0  # no box
 
 
 def test_score_and_ablate_end_to_end_with_the_builtin_model(root: Path, tmp_path: Path) -> None:
-    runner = CliRunner()
     common = ["--model", "builtin", "--data", f"refcocog:{root}?split=val", "--limit", "2"]
-    scored = runner.invoke(app, ["--quiet", "score", *common, "--out", str(tmp_path / "run"), "--json"])
-    assert scored.exit_code == 0, (scored.output, scored.exception)
+    invoke("--quiet", "score", *common, "--out", str(tmp_path / "run"), "--json")
     heads = json.loads((tmp_path / "run" / "heads.json").read_text())
     assert (heads["dataset"], heads["n_samples"]) == (f"refcocog:{root}?split=val", 2)
     assert len(heads["selected"]) >= 1
     args = ["--heads", str(tmp_path / "run"), "--k", "1", "--seeds", "1", "--out", str(tmp_path / "ab"), "--json"]
-    done = runner.invoke(app, ["--quiet", "ablate", *common, *args])
-    assert done.exit_code == 0, (done.output, done.exception)
+    done = invoke("--quiet", "ablate", *common, *args)
     table = {(r["condition"], r["k"]): r for r in json.loads(done.stdout)["conditions"]}
     assert {("none", 0), ("top", 1), ("bottom", 1), ("random-0", 1)} <= set(table)
     assert all(r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0 for r in table.values())

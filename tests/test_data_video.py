@@ -12,17 +12,16 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from helpers import by_id, invoke, runner
 
 from corehead.cli import app
 from corehead.data import LoadReport, SampleError, load_dataset
 from corehead.data.mlvu import load as load_mlvu
-from corehead.data.sample import Sample, VisualUnit
+from corehead.data.sample import VisualUnit
 from corehead.data.video import Sampling, frame_indices
 from corehead.metrics.tasks import choice_match, score_answer
 
 WIDTH, HEIGHT = 64, 48
-runner = CliRunner()
 
 
 def colour(index: int) -> tuple[int, int, int]:
@@ -132,10 +131,6 @@ def vidstg(tmp_path: Path) -> Path:
 
 def annotation_file(root: Path) -> Path:
     return root / "annotations" / "test_annotations.json"
-
-
-def by_id(samples: list[Sample]) -> dict[str, Sample]:
-    return {s.id: s for s in samples}
 
 
 def test_frame_indices_rate_and_cap() -> None:
@@ -405,14 +400,8 @@ def test_mlvu_bad_input(mlvu: Path) -> None:
 # -------------------------------------------------------------------------------------------------- CLI
 
 
-def invoke(*args: str) -> Any:
-    result = runner.invoke(app, ["--quiet", *args])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
 def test_cli_data_show_vidstg(vidstg: Path) -> None:
-    result = invoke("data", "show", f"vidstg:{vidstg}?fps=5", "--limit", "1")
+    result = invoke("--quiet", "data", "show", f"vidstg:{vidstg}?fps=5", "--limit", "1")
     lines = result.output.splitlines()
     assert len(lines) == 1
     shown = json.loads(lines[0])
@@ -425,10 +414,12 @@ def test_cli_data_show_vidstg(vidstg: Path) -> None:
 def test_cli_score_and_ablate_vidstg_with_the_builtin_model(vidstg: Path, tmp_path: Path) -> None:
     spec = f"vidstg:{vidstg}?fps=3&max_frames=4"
     run = tmp_path / "run"
-    scored = invoke("score", "--model", "builtin", "--data", spec, "--limit", "2", "--out", str(run), "--json")
+    scored = invoke(
+        "--quiet", "score", "--model", "builtin", "--data", spec, "--limit", "2", "--out", str(run), "--json"
+    )
     assert json.loads(scored.output)["n"] == 2 and (run / "heads.json").exists()
     args = ["--data", spec, "--limit", "2", "--heads", str(run), "--k", "1", "--seeds", "1"]
-    ablated = invoke("ablate", "--model", "builtin", *args, "--out", str(tmp_path / "ab"), "--json")
+    ablated = invoke("--quiet", "ablate", "--model", "builtin", *args, "--out", str(tmp_path / "ab"), "--json")
     conditions = json.loads(ablated.output)["conditions"]
     assert {c["condition"] for c in conditions} == {"none", "top", "bottom", "random-0"}
     assert all(c["n"] == 2 for c in conditions)
@@ -436,7 +427,7 @@ def test_cli_score_and_ablate_vidstg_with_the_builtin_model(vidstg: Path, tmp_pa
 
 def test_cli_eval_mlvu_and_score_refuses_it(mlvu: Path, tmp_path: Path) -> None:
     spec = f"mlvu:{mlvu}?max_frames=4"
-    result = invoke("eval", "--model", "builtin", "--data", spec, "--n", "2", "--json")
+    result = invoke("--quiet", "eval", "--model", "builtin", "--data", spec, "--n", "2", "--json")
     summary = json.loads(result.output)
     assert summary["n"] == 2 and set(summary["by_domain"]) == {"mlvu"} and 0 <= summary["accuracy"] <= 1
     refused = runner.invoke(

@@ -229,3 +229,58 @@ def test_beam_search_is_refused_clearly(tiny_builtin: QwenVLAdapter) -> None:
         pytest.raises(ValueError, match="does not support"),
     ):
         tiny_builtin.model.generate(**batch, max_new_tokens=3, num_beams=2, do_sample=False)
+
+
+def test_recording_inside_a_hybrid_context_is_refused(tiny_builtin: QwenVLAdapter) -> None:
+    """The hybrid state computes the decoder's attention itself: a recording there would stay empty, so it
+    raises instead, whichever context is entered first."""
+    from corehead.attention.recorder import plan_rows, record
+
+    sample = make_sample("scenes", 1, 0)
+    encoded = [tiny_builtin.encode(sample)]
+    batch = tiny_builtin.collate(encoded)
+    plan = plan_rows(encoded, encoded[0].length, [[0]], [[]], [0])
+    model = tiny_builtin.model
+    with torch.no_grad(), hybrid(model, [], budget=0.5), record(plan), pytest.raises(ValueError, match="record"):
+        model.generate(**batch, max_new_tokens=1, do_sample=False)
+    with torch.no_grad(), record(plan), hybrid(model, [], budget=0.5), pytest.raises(ValueError, match="record"):
+        model(**batch)
+    assert not plan.stats
+
+
+def test_knockout_inside_a_hybrid_context_is_refused(tiny_builtin: QwenVLAdapter) -> None:
+    from corehead.attention.interventions import AttentionKnockout
+
+    batch = tiny_builtin.collate([tiny_builtin.encode(make_sample("scenes", 1, 0))])
+    knockout = AttentionKnockout(((0, 0),), torch.ones_like(batch["attention_mask"], dtype=torch.bool))
+    model = tiny_builtin.model
+    refused = pytest.raises(ValueError, match="knockouts do not run inside")
+    with torch.no_grad(), hybrid(model, [], budget=0.5), knockout.apply(model), refused:
+        model.generate(**batch, max_new_tokens=1, do_sample=False)
+    refused = pytest.raises(ValueError, match="knockouts do not run inside")
+    with torch.no_grad(), knockout.apply(model), hybrid(model, [], budget=0.5), refused:
+        model(**batch)
+
+
+def test_head_ablation_works_inside_a_hybrid_context(tiny_builtin: QwenVLAdapter) -> None:
+    """Zero ablation cuts heads at o_proj, after attention: at full budget the hybrid output is the ablated one."""
+    from corehead.attention.interventions import HeadAblation
+
+    samples = [make_sample(d, 2, 0) for d in ("scenes", "pages")]
+    model = tiny_builtin.model
+    cut = HeadAblation(((0, 1), (1, 2)))
+    with torch.no_grad():
+        plain, _ = _generate(tiny_builtin, samples)
+        with cut.apply(model):
+            want, _ = _generate(tiny_builtin, samples)
+        with hybrid(model, [], budget=1.0), cut.apply(model):
+            got, _ = _generate(tiny_builtin, samples)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, plain, atol=1e-4)
+
+
+def test_selectors_are_a_registry() -> None:
+    from corehead.attention.hybrid import SELECTORS
+
+    assert SELECTORS.names() == ("snap", "merge", "recent", "last")
+    assert [SELECTORS.get(name).keeps_tokens for name in SELECTORS.names()] == [True, False, True, True]

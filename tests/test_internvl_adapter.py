@@ -16,89 +16,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from geometry_checks import assert_cells_cover_box, assert_cells_half_inside, assert_marks
-from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLProcessor,
-    PreTrainedTokenizerFast,
+from geometry_checks import (
+    Spec,
+    assert_cells_cover_box,
+    assert_cells_half_inside,
+    assert_forward_and_generate,
+    assert_marks,
+    nearest,
+    paint,
+    palette,
+    probe_sample,
+    probe_units,
 )
+from PIL import Image
+from tiny_models import PATCH, TILE, internvl_processor, internvl_tokenizer
+from tiny_models import tiny_internvl as tiny_internvl  # still imported from here by test_hybrid, test_recorder
+from transformers import InternVLProcessor, PreTrainedTokenizerFast
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from corehead.data.sample import Region, Sample, SampleError, UnitKind, VisualUnit
+from corehead.data.sample import Region, SampleError, VisualUnit
 from corehead.models.base import Encoded
 from corehead.models.internvl import InternVLAdapter, make_adapter
-
-SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
-TILE, PATCH = 64, 8
-MAX_PATCHES = 6
-Spec = tuple[UnitKind, int, int]  # unit kind, width, height
-
-
-def _tokenizer(specials: list[str]) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["user assistant Frame1: What colour is the star? Which number is next to it?"], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
-
-
-def _processor(max_patches: int = MAX_PATCHES) -> GotOcr2ImageProcessorPil:
-    return GotOcr2ImageProcessorPil(
-        size={"height": TILE, "width": TILE}, max_patches=max_patches, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-
-
-@pytest.fixture(scope="module")
-def internvl() -> InternVLAdapter:
-    return tiny_internvl()
-
-
-def tiny_internvl() -> InternVLAdapter:
-    """A tiny random InternVL: Qwen2 text (2 layers, 4 heads / 2 KV), InternViT (2 layers, width 32)."""
-    tokenizer = _tokenizer(SPECIALS)
-
-    def tok(token: str) -> int:
-        return int(tokenizer.get_vocab()[token])
-
-    config = InternVLConfig(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": TILE,
-            "patch_size": PATCH,
-        },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "bos_token_id": tok("<pad>"),
-            "eos_token_id": tok("<|im_end|>"),
-            "pad_token_id": tok("<pad>"),
-        },
-        image_token_id=tok("<IMG_CONTEXT>"),
-        image_seq_length=(TILE // PATCH // 2) ** 2,
-        downsample_ratio=0.5,
-    )
-    torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config).eval()
-    return InternVLAdapter(model, tokenizer, _processor(), "tiny-internvl")
-
 
 # ------------------------------------------------------------------ our own reading of the model's inputs
 
@@ -148,49 +87,6 @@ def _fed_colours(enc: Encoded, adapter: InternVLAdapter) -> np.ndarray:
     return np.array(colours)
 
 
-# ------------------------------------------------------------------ samples
-
-
-def _units(specs: list[Spec], images: list[Image.Image] | None = None) -> list[VisualUnit]:
-    units = []
-    for i, (kind, w, h) in enumerate(specs):
-        image = images[i] if images else Image.new("RGB", (w, h))
-        frame = kind == "frame"
-        units.append(
-            VisualUnit(
-                kind,
-                f"{kind}{i}",
-                w,
-                h,
-                page=i + 1 if kind == "page" else None,
-                frame=i if frame else None,
-                timestamp=float(i) if frame else None,
-                image=image,
-            )
-        )
-    return units
-
-
-def _sample(units: list[VisualUnit]) -> Sample:
-    return Sample("geo", units, "What colour is the star?", "red", [Region(0, None)])
-
-
-def _palette(n: int) -> np.ndarray:
-    return np.random.default_rng(1234).integers(0, 256, size=(n, 3))
-
-
-def _paint(width: int, height: int, cells: np.ndarray, colours: np.ndarray) -> Image.Image:
-    img = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(img)
-    for (x0, y0, x1, y1), c in zip(cells, colours, strict=True):
-        draw.rectangle((round(x0), round(y0), round(x1) - 1, round(y1) - 1), fill=tuple(int(v) for v in c))
-    return img
-
-
-def _nearest(found: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return np.argmin(((found[:, None, :] - palette[None, :, :]) ** 2).sum(-1), axis=1)
-
-
 def _thumbnail_tokens(token_map_units: np.ndarray, per_tile: int) -> np.ndarray:
     """True for the last tile's tokens of every unit cut into several tiles (its thumbnail)."""
     thumb = np.zeros(len(token_map_units), dtype=bool)
@@ -203,7 +99,7 @@ def _thumbnail_tokens(token_map_units: np.ndarray, per_tile: int) -> np.ndarray:
 
 def _assert_geometry(adapter: InternVLAdapter, specs: list[Spec]) -> Encoded:
     """Paint every token's cell, encode, and check each token is fed its own colour; returns the probe."""
-    probe = adapter.encode(_sample(_units(specs)))
+    probe = adapter.encode(probe_sample(probe_units(specs)))
     token_map = probe.token_map
     blocks = _image_blocks(probe.inputs["input_ids"][0], adapter)
     assert len(blocks) == len(specs)
@@ -227,18 +123,18 @@ def _assert_geometry(adapter: InternVLAdapter, specs: list[Spec]) -> Encoded:
                 assert cells[:, 2].max() == pytest.approx(w) and cells[:, 3].max() == pytest.approx(h)
                 area = ((cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])).sum()
                 assert area == pytest.approx(w * h)
-    colours = _palette(len(token_map))
+    colours = palette(len(token_map))
     for chosen in (~thumb, thumb):
         if not chosen.any():
             continue
         images = [
-            _paint(w, h, token_map.cells[chosen & (token_map.units == u)], colours[chosen & (token_map.units == u)])
+            paint(w, h, token_map.cells[chosen & (token_map.units == u)], colours[chosen & (token_map.units == u)])
             for u, (_, w, h) in enumerate(specs)
         ]
-        enc = adapter.encode(_sample(_units(specs, images)))
+        enc = adapter.encode(probe_sample(probe_units(specs, images)))
         assert np.array_equal(enc.token_map.cells, token_map.cells)
         found = _fed_colours(enc, adapter)[chosen]
-        assert np.array_equal(_nearest(found, colours[chosen]), np.arange(int(chosen.sum())))
+        assert np.array_equal(nearest(found, colours[chosen]), np.arange(int(chosen.sum())))
         assert np.abs(found - colours[chosen]).max() < 40  # resampling blurs edges, never a cell's centre
     return probe
 
@@ -255,7 +151,7 @@ def test_image_cells_match_fed_pixels(internvl: InternVLAdapter, size: tuple[int
 
 def test_tiles_and_thumbnail_by_hand(internvl: InternVLAdapter) -> None:
     """300x170 is closest to a 2x1 grid: two 64-px tiles of a 128x64 resize, then a 64x64 thumbnail."""
-    token_map = internvl.encode(_sample(_units([("image", 300, 170)]))).token_map
+    token_map = internvl.encode(probe_sample(probe_units([("image", 300, 170)]))).token_map
     assert len(token_map) == 3 * 16
     sx, sy = 300 / 128, 170 / 64
     assert token_map.cells[0] == pytest.approx([0, 0, 16 * sx, 16 * sy])
@@ -296,11 +192,11 @@ def test_images_and_videos_interleaved(internvl: InternVLAdapter) -> None:
 
 def test_max_patches_is_read_from_the_processor(internvl: InternVLAdapter) -> None:
     for cap, tiles in ((6, 7), (2, 3), (1, 1)):
-        capped = InternVLAdapter(internvl.model, internvl.tokenizer, _processor(cap), "capped")
-        enc = capped.encode(_sample(_units([("image", 640, 90)])))
+        capped = InternVLAdapter(internvl.model, internvl.tokenizer, internvl_processor(cap), "capped")
+        enc = capped.encode(probe_sample(probe_units([("image", 640, 90)])))
         assert enc.inputs["pixel_values"].shape[0] == tiles and len(enc.token_map) == 16 * tiles
     capped.image_processor.max_patches = 2  # changing the processor later takes effect too
-    assert capped.encode(_sample(_units([("image", 640, 90)]))).inputs["pixel_values"].shape[0] == 3
+    assert capped.encode(probe_sample(probe_units([("image", 640, 90)]))).inputs["pixel_values"].shape[0] == 3
     _assert_geometry(capped, [("image", 640, 90), ("image", 90, 500)])
 
 
@@ -308,7 +204,7 @@ def test_region_boxes_round_trip(internvl: InternVLAdapter) -> None:
     """box -> tokens (tile and thumbnail tokens alike) -> union of their cells covers the box within a cell."""
     rng = np.random.default_rng(7)
     for w, h in ((300, 170), (640, 90), (90, 500), (192, 256)):
-        token_map = internvl.encode(_sample(_units([("image", w, h)]))).token_map
+        token_map = internvl.encode(probe_sample(probe_units([("image", w, h)]))).token_map
         thumb = _thumbnail_tokens(token_map.units, 16)
         for _ in range(10):
             x0, x1 = np.sort(rng.uniform(0, w, 2))
@@ -359,7 +255,7 @@ def test_same_inputs_as_internvl_processor(internvl: InternVLAdapter) -> None:
     question = "What colour is the star?"
     text = "<|im_start|>user\n" + "<IMG_CONTEXT>\n" * len(images) + question + "<|im_end|>\n<|im_start|>assistant\n"
     expected = processor(images=images, text=text, return_tensors="pt")
-    enc = internvl.encode(_sample(_units([("page", w, h) for w, h in sizes], images)))
+    enc = internvl.encode(probe_sample(probe_units([("page", w, h) for w, h in sizes], images)))
     assert torch.equal(enc.inputs["input_ids"], expected["input_ids"])
     assert torch.equal(enc.inputs["pixel_values"], expected["pixel_values"])
 
@@ -373,16 +269,8 @@ def test_forward_padding_and_generate(internvl: InternVLAdapter) -> None:
     samples = [make_sample(d, 0, i) for d in DOMAINS for i in range(2)]  # one image, pages, video
     kinds = {u.kind for s in samples for u in s.units}
     assert kinds == {"image", "page", "frame"}
-    encoded = [internvl.encode(s, answer=True) for s in samples]
-    batch = internvl.collate(encoded)
+    _, batch = assert_forward_and_generate(internvl, samples)
     assert batch["input_ids"][:, 0].tolist().count(internvl.pad_token) == len(samples) - 1  # left padded
-    with torch.no_grad():
-        logits = internvl.model(**batch).logits
-    assert logits.shape[:2] == batch["input_ids"].shape
-    for i, e in enumerate(encoded):
-        with torch.no_grad():
-            alone = internvl.model(**e.inputs).logits[0, -1]
-        assert torch.allclose(alone, logits[i, -1], atol=1e-4)
     prompts = [internvl.encode(s) for s in samples]
     options = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": internvl.pad_token}
     batch = internvl.collate(prompts)
@@ -391,8 +279,6 @@ def test_forward_padding_and_generate(internvl: InternVLAdapter) -> None:
         for i, e in enumerate(prompts):
             alone = internvl.model.generate(**e.inputs, **options)[0, e.length :]
             assert torch.equal(together[i, : len(alone)], alone)  # a batch row may run on after its eos
-    answers = internvl.generate(samples, max_new_tokens=3)
-    assert len(answers) == len(samples) and all(isinstance(a, str) for a in answers)
 
 
 def test_encode_marks_question_prompt_end_and_answer(internvl: InternVLAdapter) -> None:
@@ -426,7 +312,7 @@ def test_make_adapter_reads_a_checkpoint_processor(internvl: InternVLAdapter, tm
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
     adapter = make_adapter(internvl.model, internvl.tokenizer, str(tmp_path), "ckpt")
     assert adapter.image_processor.max_patches == 3
-    enc = adapter.encode(_sample(_units([("image", 640, 90)])))
+    enc = adapter.encode(probe_sample(probe_units([("image", 640, 90)])))
     assert enc.inputs["pixel_values"].shape[0] == 4  # a 3x1 grid and its thumbnail
     _assert_geometry(adapter, [("image", 300, 170)])
 
@@ -436,15 +322,17 @@ def test_make_adapter_reads_a_checkpoint_processor(internvl: InternVLAdapter, tm
 
 def test_bad_inputs_raise_clear_errors(internvl: InternVLAdapter) -> None:
     with pytest.raises(ValueError, match="at least one visual unit"):  # a video with zero frames
-        internvl.encode(_sample([]))
+        internvl.encode(probe_sample([]))
     empty = VisualUnit("image", "empty.png", 0, 40, image=Image.new("RGB", (0, 40)))
     with pytest.raises(SampleError, match=r"empty \(0x40 px\)"):
-        internvl.encode(_sample([empty]))
+        internvl.encode(probe_sample([empty]))
     lying = VisualUnit("frame", "f0", 50, 50, frame=0, timestamp=0.0, image=Image.new("RGB", (40, 50)))
     with pytest.raises(SampleError, match="40x50 px but its unit says 50x50"):
-        internvl.encode(_sample([lying]))
+        internvl.encode(probe_sample([lying]))
     with pytest.raises(ValueError, match="lacks InternVL's image tokens"):
-        InternVLAdapter(internvl.model, _tokenizer(["<pad>", "<|im_start|>", "<|im_end|>"]), _processor(), "x")
+        InternVLAdapter(
+            internvl.model, internvl_tokenizer(["<pad>", "<|im_start|>", "<|im_end|>"]), internvl_processor(), "x"
+        )
     odd = GotOcr2ImageProcessorPil(size={"height": TILE, "width": 2 * TILE})
     with pytest.raises(ValueError, match="square tiles"):
         InternVLAdapter(internvl.model, internvl.tokenizer, odd, "x")

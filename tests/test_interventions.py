@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corehead.attention.interventions import AttentionKnockout, HeadAblation, decoder_layers, head_means, knockout
-from corehead.attention.recorder import decoder_attention
+from corehead.attention.interventions import AttentionKnockout, HeadAblation, decoder_layers, head_means
 from corehead.data.synthetic import make_sample
 from corehead.models.qwen_vl import QwenVLAdapter
 
@@ -91,7 +90,7 @@ def test_knockout_of_visual_keys_equals_a_masked_eager_model() -> None:
     visual[0, torch.as_tensor(enc.token_map.positions)] = True
     text = model.config.get_text_config()
     every = tuple((lay, h) for lay in range(text.num_hidden_layers) for h in range(text.num_attention_heads))
-    with torch.no_grad(), decoder_attention(model), knockout(AttentionKnockout(every, visual)):
+    with torch.no_grad(), AttentionKnockout(every, visual).apply(model):
         ours = model(**inputs).logits
     allowed = torch.tril(torch.ones(length, length, dtype=torch.bool)) & ~visual[0][None, :]
     allowed |= torch.eye(length, dtype=torch.bool) & ~allowed.any(-1, keepdim=True)

@@ -12,33 +12,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import cache
 
 import numpy as np
 import pytest
 import torch
-from geometry_checks import assert_cells_cover_box
-from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    PreTrainedTokenizerFast,
+from geometry_checks import (
+    WHITE,
+    Spec,
+    assert_forward_and_generate,
+    assert_regions_round_trip,
+    nearest,
+    paint,
+    probe_sample,
+    probe_units,
+    spaced_palette,
 )
+from PIL import Image
+from tiny_models import TINY_PINPOINTS, llava_text_config, llava_tokenizer, tiny_llava
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-    LlavaOnevisionImageProcessorPil,
-)
 
-from corehead.data.sample import Region, Sample, SampleError, VisualUnit
-from corehead.data.synthetic import COLOURS, DIGITS, SHAPES, TEMPLATES, make_sample
-from corehead.models.base import VisualTokenMap, sample_region_tokens
+from corehead.data.sample import Region, Sample, SampleError
+from corehead.data.synthetic import make_sample
+from corehead.models.base import VisualTokenMap
 from corehead.models.llava import (
     LLAMA3,
     MISTRAL,
@@ -49,128 +47,6 @@ from corehead.models.llava import (
 )
 
 NEWLINE = -1.0e4  # the image_newline feature in our probe runs
-TINY_PINPOINTS = [[a, b] for a in (36, 72, 108) for b in (36, 72, 108)]
-
-
-# --------------------------------------------------------------------------- tiny tokenizers and models
-
-
-def _corpus() -> list[str]:
-    lines = ["USER: ASSISTANT: [INST] [/INST] user\n assistant\n", *COLOURS, *DIGITS, *SHAPES]
-    for templates in TEMPLATES.values():
-        lines += [t.format(key=k, t0=2, t1=4) for t in templates for k in SHAPES]
-    return lines
-
-
-@cache
-def _tokenizer(style: str) -> PreTrainedTokenizerFast:
-    """ByteLevel BPE with the family's special tokens; 'llama' adds <s> itself, like Llama tokenizers."""
-    specials = {
-        "llama": ["<s>", "</s>", "<pad>", "<image>"],
-        "qwen": ["<|im_start|>", "<|im_end|>", "<pad>", "<image>", "<video>"],
-        "llama3": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>", "<image>"],
-    }[style]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    if style == "llama":
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>" if style == "llama" else None,
-        eos_token={"llama": "</s>", "qwen": "<|im_end|>", "llama3": "<|eot_id|>"}[style],
-        pad_token="<pad>",
-        unk_token=None,
-    )
-
-
-def _text(tok: PreTrainedTokenizerFast, model_type: str) -> dict:
-    return {
-        "model_type": model_type,
-        "vocab_size": len(tok),
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
-
-
-def _vision(model_type: str, image_size: int, patch_size: int) -> dict:
-    extra = {"vision_use_head": False} if model_type == "siglip_vision_model" else {}
-    return {
-        "model_type": model_type,
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        **extra,
-    }
-
-
-@cache
-def tiny_llava(kind: str) -> LlavaAdapter:
-    """Tiny random models. '-real' variants keep the real checkpoints' geometry (tiles, patches, pinpoints);
-    the others use 36 px tiles of 8 px patches (4 patches a side, the last 4 px of each tile unseen);
-    'llava-pad' pads each image to a square before resizing (do_pad), 'llava-squash' resizes to the tile."""
-    family, _, scale = kind.partition("-")
-    real = scale == "real"
-    torch.manual_seed(0)
-    if family == "llava":
-        tok = _tokenizer("llama")
-        side, patch = (336, 14) if real else (36, 8)
-        config = LlavaConfig(
-            text_config=_text(tok, "llama"),
-            vision_config=_vision("clip_vision_model", side, patch),
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-        )
-        proc = LlavaImageProcessorPil(
-            size={"height": side, "width": side} if scale == "squash" else {"shortest_edge": side},
-            crop_size={"height": side, "width": side},
-            do_center_crop=scale != "squash",
-            do_pad=scale == "pad",
-        )
-        return LlavaAdapter(LlavaForConditionalGeneration(config).eval(), tok, proc, kind)
-    if family == "next":
-        tok = _tokenizer("llama")
-        side, patch = (336, 14) if real else (36, 8)
-        pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] if real else TINY_PINPOINTS
-        config = LlavaNextConfig(
-            text_config=_text(tok, "llama"),
-            vision_config=_vision("clip_vision_model", side, patch),
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            image_grid_pinpoints=pinpoints,
-        )
-        proc = LlavaNextImageProcessorPil(
-            size={"shortest_edge": side}, crop_size={"height": side, "width": side}, image_grid_pinpoints=pinpoints
-        )
-        return LlavaNextAdapter(LlavaNextForConditionalGeneration(config).eval(), tok, proc, kind)
-    tok = _tokenizer("qwen")
-    side, patch = (384, 14) if real else (36, 8)
-    pinpoints = [[a * side, b * side] for a in range(1, 7) for b in range(1, 7)] if real else TINY_PINPOINTS
-    config = LlavaOnevisionConfig(
-        text_config=_text(tok, "qwen2"),
-        vision_config=_vision("siglip_vision_model", side, patch),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        video_token_index=tok.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=pinpoints,
-    )
-    proc = LlavaOnevisionImageProcessorPil(
-        size={"height": side, "width": side}, image_grid_pinpoints=pinpoints, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-    return LlavaOnevisionAdapter(LlavaOnevisionForConditionalGeneration(config).eval(), tok, proc, kind)
 
 
 # --------------------------------------------------------------------------- what the model feeds each token
@@ -260,27 +136,6 @@ def _moments(blocks: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- probes
 
 
-def _probe_units(spec: list[tuple[str, int, int]], images: list[Image.Image] | None = None) -> list[VisualUnit]:
-    units = []
-    for i, (kind, w, h) in enumerate(spec):
-        image = images[i] if images is not None else Image.new("RGB", (w, h), (255, 255, 255))
-        extra = {"frame": i, "timestamp": float(i)} if kind == "frame" else {"page": i + 1} if kind == "page" else {}
-        units.append(VisualUnit(kind, f"u{i}", w, h, image=image, **extra))  # type: ignore[arg-type]
-    return units
-
-
-def _sample(units: list[VisualUnit]) -> Sample:
-    return Sample("geo", units, "What colour is the star?", "red", [Region(0, None)])
-
-
-def _palette(n: int, salt: int) -> np.ndarray:
-    """n distinct colours at least 10 apart, far from black, white and grey (the square padding)."""
-    levels = np.arange(60, 231, 10)
-    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
-    grid = grid[np.linalg.norm(grid - grid.mean(axis=1, keepdims=True), axis=1) > 40]
-    return grid[np.random.default_rng(salt).choice(len(grid), n, replace=False)]
-
-
 def _layers(token_map: VisualTokenMap) -> list[np.ndarray]:
     """Tokens split into layers whose cells do not overlap within a unit (NeXT: the base grid, then the tiles)."""
     layers: list[list[int]] = []
@@ -297,14 +152,6 @@ def _layers(token_map: VisualTokenMap) -> list[np.ndarray]:
         else:
             layers.append([i])
     return [np.asarray(layer) for layer in layers]
-
-
-def _paint(w: int, h: int, cells: np.ndarray, colours: np.ndarray) -> Image.Image:
-    img = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    for (x0, y0, x1, y1), col in zip(cells, colours, strict=True):
-        draw.rectangle((round(x0), round(y0), round(x1) - 1, round(y1) - 1), fill=tuple(int(v) for v in col))
-    return img
 
 
 def _gradient(w: int, h: int, salt: int) -> Image.Image:
@@ -346,33 +193,32 @@ def _check_positions(adapter: LlavaAdapter, inputs: dict[str, torch.Tensor], tok
     assert np.all(fed[left_out, 3] < 0.25)
 
 
-def _check_colours(adapter: LlavaAdapter, spec: list[tuple[str, int, int]], salt: int = 0) -> None:
+def _check_colours(adapter: LlavaAdapter, spec: list[Spec], salt: int = 0) -> None:
     """Paint each layer's cells uniquely; each token must receive its own cell's colour."""
-    probe = adapter.encode(_sample(_probe_units(spec)))
+    probe = adapter.encode(probe_sample(probe_units(spec)))
     token_map = probe.token_map
     _check_positions(adapter, probe.inputs, token_map)
     checked = 0
     for k, layer in enumerate(_layers(token_map)):
-        colours = _palette(len(layer), salt + k)
+        colours = spaced_palette(len(layer), salt + k)
         images = []
         for u, (_, w, h) in enumerate(spec):
             mine = token_map.units[layer] == u
-            images.append(_paint(w, h, token_map.cells[layer][mine], colours[mine]))
-        enc = adapter.encode(_sample(_probe_units(spec, images)))
+            images.append(paint(w, h, token_map.cells[layer][mine], colours[mine], WHITE))
+        enc = adapter.encode(probe_sample(probe_units(spec, images)))
         assert np.array_equal(enc.token_map.positions, token_map.positions)
         fed = _fed(adapter, enc.inputs, _colour)[token_map.positions[layer]]
         seen = fed[:, 3] >= 0.25  # tokens whose patch is mostly image (the rest: slivers at a padded edge)
         found = fed[seen, :3]
-        nearest = np.argmin(((found[:, None, :] - colours[None, :, :]) ** 2).sum(-1), axis=1)
-        assert np.array_equal(nearest, np.flatnonzero(seen))
+        assert np.array_equal(nearest(found, colours), np.flatnonzero(seen))
         checked += int(seen.sum())
     assert checked >= _least_seen(adapter, probe.inputs) * len(token_map)
 
 
-def _check_centroids(adapter: LlavaAdapter, spec: list[tuple[str, int, int]]) -> None:
+def _check_centroids(adapter: LlavaAdapter, spec: list[Spec]) -> None:
     """The centroid of the image pixels each token sees lies at its cell's centre (within a quarter cell)."""
     images = [_gradient(w, h, salt=i) for i, (_, w, h) in enumerate(spec)]
-    enc = adapter.encode(_sample(_probe_units(spec, images)))
+    enc = adapter.encode(probe_sample(probe_units(spec, images)))
     token_map = enc.token_map
     moments = _fed(adapter, enc.inputs, _moments)[token_map.positions]
     seen = moments[:, 2] >= 0.25
@@ -415,7 +261,7 @@ def test_extreme_aspect_ratios(kind: str, size: tuple[int, int]) -> None:
     base grid, and for a tall band one newline per empty row)."""
     adapter = tiny_llava(kind)
     _check_centroids(adapter, [("image", *size)])
-    enc = adapter.encode(_sample(_probe_units([("image", *size)])))
+    enc = adapter.encode(probe_sample(probe_units([("image", *size)])))
     _check_positions(adapter, enc.inputs, enc.token_map)
     base = adapter.per_tile**2
     assert (len(enc.token_map) == base) == (kind == "next-real")
@@ -424,7 +270,7 @@ def test_extreme_aspect_ratios(kind: str, size: tuple[int, int]) -> None:
 def test_square_padding_leaves_out_tokens_of_padding() -> None:
     """LLaVA-1.5 with do_pad: a 36x12 band padded to 36x36 keeps only the patch rows that see the band."""
     adapter = tiny_llava("llava-pad")
-    token_map = adapter.encode(_sample(_probe_units([("image", 72, 24)]))).token_map
+    token_map = adapter.encode(probe_sample(probe_units([("image", 72, 24)]))).token_map
     assert len(token_map) == 4 * 2  # of 4x4 patches, the two middle rows (y 9..27 of 36) see the band
     assert token_map.cells[:, 1].min() == 0 and token_map.cells[:, 3].max() == 24
 
@@ -432,7 +278,7 @@ def test_square_padding_leaves_out_tokens_of_padding() -> None:
 def test_onevision_shrinks_large_grids_as_the_model_does() -> None:
     """anyres_max_9: a 2300x1700 image's 5x6-tile grid is shrunk bilinearly; tokens cover their footprints."""
     adapter = tiny_llava("onevision-real")
-    enc = adapter.encode(_sample(_probe_units([("image", 2300, 1700)])))
+    enc = adapter.encode(probe_sample(probe_units([("image", 2300, 1700)])))
     n = 384 // 14
     tile_tokens = len(enc.token_map) - n * n
     assert tile_tokens < 9 * 1.21 * n * n  # shrunk: far fewer than the 30 tiles' 21870 patches
@@ -446,7 +292,7 @@ def test_several_images_keep_their_own_tokens(kind: str) -> None:
     if not kind.endswith("-real"):
         _check_colours(adapter, spec, salt=7)
     _check_centroids(adapter, spec)
-    token_map = adapter.encode(_sample(_probe_units(spec))).token_map
+    token_map = adapter.encode(probe_sample(probe_units(spec))).token_map
     assert token_map.units.tolist() == sorted(token_map.units.tolist()) and set(token_map.units) == {0, 1, 2}
     if kind.startswith("onevision"):  # several images: one square base grid each, less its padding tokens
         n = adapter.per_tile
@@ -460,7 +306,7 @@ def test_onevision_video_tokens_cover_their_frames(n_frames: int) -> None:
     spec = [("frame", 160, 96)] * (n_frames - 1) + [("frame", 70, 120)]  # frames may differ in size
     _check_colours(adapter, spec, salt=3)
     _check_centroids(adapter, spec)
-    enc = adapter.encode(_sample(_probe_units(spec)))
+    enc = adapter.encode(probe_sample(probe_units(spec)))
     assert enc.inputs["pixel_values_videos"].shape == (1, n_frames, 3, 36, 36)
     assert enc.token_map.units.tolist() == [f for f in range(n_frames) for _ in range(4)]  # 4x4 patches pooled 2x2
     assert np.all(enc.token_map.spans == 1)
@@ -474,7 +320,7 @@ def test_onevision_real_video_and_mixed_input() -> None:
     adapter = tiny_llava("onevision-real")
     spec = [("image", 300, 170), ("frame", 320, 240), ("frame", 320, 240)]
     _check_centroids(adapter, spec)
-    enc = adapter.encode(_sample(_probe_units(spec)))
+    enc = adapter.encode(probe_sample(probe_units(spec)))
     assert int((enc.inputs["input_ids"] == adapter.video_token).sum()) == 2 * 14 * 14 + 1
     assert int(enc.inputs["batch_num_images"][0]) == 1  # one image: anyres tiles, as the processor does
     _check_positions(adapter, enc.inputs, enc.token_map)
@@ -490,13 +336,7 @@ def test_region_boxes_round_trip_through_tokens() -> None:
         adapter = tiny_llava(kind)
         for domain in domains:
             for i in range(3):
-                sample = make_sample(domain, 3, i)
-                token_map = adapter.encode(sample).token_map
-                for region in sample.regions:
-                    idx, _ = token_map.region_tokens(region)
-                    assert np.all(token_map.covers_unit(region.unit)[idx])
-                    assert_cells_cover_box(token_map.cells[idx], region.box)
-                assert len(sample_region_tokens(sample, token_map).indices) >= 1
+                assert_regions_round_trip(adapter, make_sample(domain, 3, i), half_inside=False)
 
 
 # --------------------------------------------------------------------------- the models run on the encoded inputs
@@ -506,18 +346,8 @@ def test_region_boxes_round_trip_through_tokens() -> None:
 def test_forward_padded_batch_and_generate(kind: str) -> None:
     adapter = tiny_llava(kind)
     domains = ["scenes", "pages", "clips"] if kind == "onevision" else ["scenes", "pages"]
-    samples = [make_sample(d, 0, i) for d in domains for i in range(2)]
-    encoded = [adapter.encode(s, answer=True) for s in samples]
-    batch = adapter.collate(encoded)
-    with torch.no_grad():
-        logits = adapter.model(**batch).logits
-        assert logits.shape[:2] == batch["input_ids"].shape
-        assert len({e.length for e in encoded}) > 1  # the batch really is padded
-        for i, e in enumerate(encoded):
-            alone = adapter.model(**e.inputs).logits[0, -1]
-            assert torch.allclose(alone, logits[i, -1], atol=1e-4)
-    answers = adapter.generate(samples, max_new_tokens=3)
-    assert len(answers) == len(samples) and all(isinstance(a, str) for a in answers)
+    encoded, _ = assert_forward_and_generate(adapter, [make_sample(d, 0, i) for d in domains for i in range(2)])
+    assert len({e.length for e in encoded}) > 1  # the batch really is padded
 
 
 REAL_INPUTS = [
@@ -529,10 +359,10 @@ REAL_INPUTS = [
 
 
 @pytest.mark.parametrize(("kind", "spec"), REAL_INPUTS, ids=[f"{k}-{len(s)}-units" for k, s in REAL_INPUTS])
-def test_real_geometry_runs_in_the_model(kind: str, spec: list[tuple[str, int, int]]) -> None:
+def test_real_geometry_runs_in_the_model(kind: str, spec: list[Spec]) -> None:
     """At the real checkpoints' tile, patch and pinpoint sizes the model accepts exactly our placeholders."""
     adapter = tiny_llava(kind)
-    enc = adapter.encode(_sample(_probe_units(spec)))
+    enc = adapter.encode(probe_sample(probe_units(spec)))
     with torch.no_grad():
         logits = adapter.model(**enc.inputs).logits
     assert logits.shape[1] == enc.length and torch.isfinite(logits).all()
@@ -545,29 +375,29 @@ def _prompt(adapter: LlavaAdapter, sample: Sample) -> str:
 
 def test_chat_formats_match_the_checkpoints() -> None:
     frames = [("frame", 64, 64)] * 2
-    two = _probe_units([("image", 64, 64), ("image", 64, 48)])
+    two = probe_units([("image", 64, 64), ("image", 64, 48)])
     q = "What colour is the star?"
-    llava = _prompt(tiny_llava("llava"), _sample(two))
+    llava = _prompt(tiny_llava("llava"), probe_sample(two))
     assert llava == f"<s>USER: <image>\n<image>\n{q} ASSISTANT:red</s>"
-    assert _prompt(tiny_llava("next"), _sample(two)) == llava
-    onevision = _prompt(tiny_llava("onevision"), _sample(two[:1] + _probe_units(frames)))
+    assert _prompt(tiny_llava("next"), probe_sample(two)) == llava
+    onevision = _prompt(tiny_llava("onevision"), probe_sample(two[:1] + probe_units(frames)))
     assert onevision == f"<|im_start|>user\n<image><video>\n{q}<|im_end|>\n<|im_start|>assistant\nred<|im_end|>"
     # LLaVA-NeXT follows its language model: Mistral's [INST], Llama-3's headers, ChatML for Yi/Qwen
     base = tiny_llava("next")
     for tok, text_type, expected in [
-        (_tokenizer("llama"), "mistral", MISTRAL),
-        (_tokenizer("llama3"), "llama", LLAMA3),
-        (_tokenizer("qwen"), "qwen2", ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>")),
+        (llava_tokenizer("llama"), "mistral", MISTRAL),
+        (llava_tokenizer("llama3"), "llama", LLAMA3),
+        (llava_tokenizer("qwen"), "qwen2", ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>")),
     ]:
         config = base.model.config.to_dict()
-        config["text_config"] = _text(tok, text_type)
+        config["text_config"] = llava_text_config(tok, text_type)
         config["image_token_index"] = tok.convert_tokens_to_ids("<image>")
         model = LlavaNextForConditionalGeneration(LlavaNextConfig(**config)).eval()
         adapter = LlavaNextAdapter(model, tok, base.image_processor, "next-chat")
         assert (adapter.user_prefix.removeprefix("<s>"), adapter.assistant_prefix, adapter.end_of_turn) == expected
         assert adapter.end_token == tok.convert_tokens_to_ids(expected[2])
         with torch.no_grad():
-            model(**adapter.encode(_sample(two)).inputs)
+            model(**adapter.encode(probe_sample(two)).inputs)
 
 
 def test_make_adapter_loads_the_image_processor(tmp_path) -> None:
@@ -577,7 +407,7 @@ def test_make_adapter_loads_the_image_processor(tmp_path) -> None:
         fixture.image_processor.save_pretrained(folder)
         adapter = make_adapter(fixture.model, fixture.tokenizer, str(folder), kind)
         assert type(adapter) is type(fixture) and type(adapter.image_processor) is type(fixture.image_processor)
-        sample = _sample(_probe_units([("image", 300, 170)]))
+        sample = probe_sample(probe_units([("image", 300, 170)]))
         assert np.array_equal(adapter.encode(sample).token_map.cells, fixture.encode(sample).token_map.cells)
 
 
@@ -594,22 +424,22 @@ def test_video_is_refused_where_unsupported(kind: str) -> None:
 def test_too_small_images_and_empty_inputs_are_refused(kind: str) -> None:
     adapter = tiny_llava(kind)
     with pytest.raises(SampleError, match="smaller than one 8-px patch"):
-        adapter.encode(_sample(_probe_units([("image", 64, 64), ("image", 7, 100)])))
+        adapter.encode(probe_sample(probe_units([("image", 64, 64), ("image", 7, 100)])))
     with pytest.raises(SampleError, match="at least one visual unit"):  # e.g. a video with zero frames
         adapter.encode(Sample("empty", [], "q?", "a", [Region(0, None)]))
     if kind == "onevision":
         with pytest.raises(SampleError, match="smaller than one"):
-            adapter.encode(_sample(_probe_units([("frame", 64, 64), ("frame", 64, 5)])))
+            adapter.encode(probe_sample(probe_units([("frame", 64, 64), ("frame", 64, 5)])))
 
 
 def test_onevision_videos_of_a_batch_need_equal_frame_counts() -> None:
     adapter = tiny_llava("onevision")
-    short = adapter.encode(_sample(_probe_units([("frame", 64, 64)] * 2)))
-    long = adapter.encode(_sample(_probe_units([("frame", 64, 64)] * 3)))
+    short = adapter.encode(probe_sample(probe_units([("frame", 64, 64)] * 2)))
+    long = adapter.encode(probe_sample(probe_units([("frame", 64, 64)] * 3)))
     with pytest.raises(ValueError, match="equal frame counts"):
         adapter.collate([short, long])
     with pytest.raises(SampleError, match="equal frame counts"):  # two videos in one prompt
-        adapter.encode(_sample(_probe_units([("frame", 64, 64)] * 2 + [("image", 64, 64)] + [("frame", 64, 64)])))
+        adapter.encode(probe_sample(probe_units([("frame", 64, 64)] * 2 + [("image", 64, 64)] + [("frame", 64, 64)])))
 
 
 def test_unsupported_towers_and_mismatched_processors_are_refused() -> None:
@@ -624,7 +454,7 @@ def test_unsupported_towers_and_mismatched_processors_are_refused() -> None:
     )
     with pytest.raises(SampleError, match="unsupported resize setting"):
         LlavaAdapter(base.model, base.tokenizer, stretchy, "stretchy").encode(
-            _sample(_probe_units([("image", 64, 48)]))
+            probe_sample(probe_units([("image", 64, 48)]))
         )
     nxt = tiny_llava("next")
     wrong = LlavaNextImageProcessorPil(

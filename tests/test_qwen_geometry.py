@@ -11,25 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from geometry_checks import assert_cells_cover_box, assert_cells_half_inside, assert_marks
-from PIL import Image, ImageDraw
+from geometry_checks import (
+    assert_forward_and_generate,
+    assert_marks,
+    assert_regions_round_trip,
+    nearest,
+    paint,
+    palette,
+    probe_sample,
+)
+from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from corehead.data.sample import Region, Sample, VisualUnit
 from corehead.models.qwen_vl import QwenVLAdapter
-
-
-def _palette(n: int, salt: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(1234 + salt)
-    return rng.integers(0, 256, size=(n, 3))
-
-
-def _paint(width: int, height: int, cells: np.ndarray, colours: np.ndarray) -> Image.Image:
-    img = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(img)
-    for (x0, y0, x1, y1), c in zip(cells, colours, strict=True):
-        draw.rectangle((round(x0), round(y0), round(x1) - 1, round(y1) - 1), fill=tuple(int(v) for v in c))
-    return img
 
 
 def _token_blocks(pixel_rows: np.ndarray, adapter: QwenVLAdapter) -> np.ndarray:
@@ -47,26 +42,18 @@ def _centre_colours(blocks: np.ndarray) -> np.ndarray:
     return blocks[..., q:-q, q:-q].mean(axis=(-1, -2))  # [tokens, temporal, C]
 
 
-def _sample(units: list[VisualUnit]) -> Sample:
-    return Sample("geo", units, "What colour is the star?", "red", [Region(0, None)])
-
-
-def _nearest(found: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return np.argmin(((found[:, None, :] - palette[None, :, :]) ** 2).sum(-1), axis=1)
-
-
 @pytest.mark.parametrize("size", [(256, 256), (300, 170), (640, 90), (90, 500), (800, 600), (33, 45)])
 def test_image_cells_match_fed_pixels(qwen_family: QwenVLAdapter, size: tuple[int, int]) -> None:
     width, height = size
     probe = VisualUnit("image", "probe", width, height, image=Image.new("RGB", size))
-    token_map = qwen_family.encode(_sample([probe])).token_map
-    colours = _palette(len(token_map))
-    unit = VisualUnit("image", "painted", width, height, image=_paint(width, height, token_map.cells, colours))
-    enc = qwen_family.encode(_sample([unit]))
+    token_map = qwen_family.encode(probe_sample([probe])).token_map
+    colours = palette(len(token_map))
+    unit = VisualUnit("image", "painted", width, height, image=paint(width, height, token_map.cells, colours))
+    enc = qwen_family.encode(probe_sample([unit]))
     assert len(enc.token_map) == len(colours)
     blocks = _token_blocks(enc.inputs["pixel_values"].numpy(), qwen_family)
     found = _centre_colours(blocks)[:, 0]
-    assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
+    assert np.array_equal(nearest(found, colours), np.arange(len(colours)))
     assert np.abs(found - colours).max() < 40  # resampling blurs edges, never the centre of a cell
     # cells tile the whole image and positions are exactly the image placeholder tokens
     cells = enc.token_map.cells
@@ -83,19 +70,19 @@ def test_several_pages_keep_their_own_tokens(qwen_family: QwenVLAdapter) -> None
     probes = [
         VisualUnit("page", f"p{i}", w, h, page=i + 1, image=Image.new("RGB", (w, h))) for i, (w, h) in enumerate(sizes)
     ]
-    token_map = qwen_family.encode(_sample(probes)).token_map
-    colours = _palette(len(token_map), salt=1)
+    token_map = qwen_family.encode(probe_sample(probes)).token_map
+    colours = palette(len(token_map), salt=1)
     pages = []
     for i, (w, h) in enumerate(sizes):
         mine = token_map.units == i
         pages.append(
-            VisualUnit("page", f"p{i}", w, h, page=i + 1, image=_paint(w, h, token_map.cells[mine], colours[mine]))
+            VisualUnit("page", f"p{i}", w, h, page=i + 1, image=paint(w, h, token_map.cells[mine], colours[mine]))
         )
-    enc = qwen_family.encode(_sample(pages))
+    enc = qwen_family.encode(probe_sample(pages))
     assert enc.token_map.units.tolist() == sorted(enc.token_map.units.tolist())
     assert set(enc.token_map.units.tolist()) == {0, 1, 2}
     found = _centre_colours(_token_blocks(enc.inputs["pixel_values"].numpy(), qwen_family))[:, 0]
-    assert np.array_equal(_nearest(found, colours), np.arange(len(colours)))
+    assert np.array_equal(nearest(found, colours), np.arange(len(colours)))
     grid = enc.inputs["image_grid_thw"]
     assert grid.shape == (3, 3) and int((grid.prod(1) // 4).sum()) == len(enc.token_map)
 
@@ -107,15 +94,15 @@ def test_video_tokens_cover_their_frame_pairs(qwen_family: QwenVLAdapter, n_fram
         VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=Image.new("RGB", (w, h)))
         for f in range(n_frames)
     ]
-    token_map = qwen_family.encode(_sample(probes)).token_map
+    token_map = qwen_family.encode(probe_sample(probes)).token_map
     per_frame = int((token_map.units == 0).sum())
     cells = token_map.cells[:per_frame]
-    palettes = [_palette(per_frame, salt=10 + f) for f in range(n_frames)]
+    palettes = [palette(per_frame, salt=10 + f) for f in range(n_frames)]
     frames = [
-        VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=_paint(w, h, cells, palettes[f]))
+        VisualUnit("frame", f"f{f}", w, h, frame=f, timestamp=f * 0.5, image=paint(w, h, cells, palettes[f]))
         for f in range(n_frames)
     ]
-    enc = qwen_family.encode(_sample(frames))
+    enc = qwen_family.encode(probe_sample(frames))
     groups = (n_frames + 1) // 2
     assert len(enc.token_map) == groups * per_frame
     assert enc.token_map.units.tolist() == [2 * g for g in range(groups) for _ in range(per_frame)]
@@ -126,7 +113,7 @@ def test_video_tokens_cover_their_frame_pairs(qwen_family: QwenVLAdapter, n_fram
         rows = slice(g * per_frame, (g + 1) * per_frame)
         for half in range(2):
             frame = min(2 * g + half, n_frames - 1)  # the processor repeats the last frame to fill a pair
-            assert np.array_equal(_nearest(found[rows, half], palettes[frame]), np.arange(per_frame))
+            assert np.array_equal(nearest(found[rows, half], palettes[frame]), np.arange(per_frame))
     text = qwen_family.tokenizer.decode(enc.inputs["input_ids"][0])
     if qwen_family.timestamps:  # Qwen3-VL: "<t seconds>" before each frame pair; 0.0 s and 0.5 s -> 0.25 s
         assert "<0.2 seconds>" in text or "<0.3 seconds>" in text
@@ -141,19 +128,7 @@ def test_video_tokens_cover_their_frame_pairs(qwen_family: QwenVLAdapter, n_fram
 def test_forward_and_generate_on_all_modalities(qwen_family: QwenVLAdapter) -> None:
     from corehead.data.synthetic import DOMAINS, make_sample
 
-    samples = [make_sample(d, 0, i) for d in DOMAINS for i in range(2)]
-    encoded = [qwen_family.encode(s, answer=True) for s in samples]
-    batch = qwen_family.collate(encoded)
-    with torch.no_grad():
-        logits = qwen_family.model(**batch).logits
-    assert logits.shape[:2] == batch["input_ids"].shape
-    # a padded batch gives the same last-token logits as each sample alone
-    for i, e in enumerate(encoded):
-        with torch.no_grad():
-            alone = qwen_family.model(**e.inputs).logits[0, -1]
-        assert torch.allclose(alone, logits[i, -1], atol=1e-4)
-    answers = qwen_family.generate(samples, max_new_tokens=3)
-    assert len(answers) == len(samples) and all(isinstance(a, str) for a in answers)
+    assert_forward_and_generate(qwen_family, [make_sample(d, 0, i) for d in DOMAINS for i in range(2)])
 
 
 def test_encode_marks_question_prompt_end_and_answer(qwen_family: QwenVLAdapter) -> None:
@@ -169,21 +144,10 @@ def test_encode_marks_question_prompt_end_and_answer(qwen_family: QwenVLAdapter)
 def test_region_boxes_round_trip_through_tokens(qwen_family: QwenVLAdapter) -> None:
     """box -> tokens -> union of their cells covers the box to within one cell, for every synthetic domain."""
     from corehead.data.synthetic import DOMAINS, make_sample
-    from corehead.models.base import sample_region_tokens
 
     for domain in DOMAINS:
-        for i in range(4):
-            sample = make_sample(domain, 3, i)
-            token_map = qwen_family.encode(sample).token_map
-            for region in sample.regions:
-                idx, fell_back = token_map.region_tokens(region)
-                cells = token_map.cells[idx]
-                assert np.all(token_map.covers_unit(region.unit)[idx])
-                assert_cells_cover_box(cells, region.box)
-                if not fell_back:  # every chosen cell is at least half inside the box
-                    assert_cells_half_inside(cells, region.box)
-            union = sample_region_tokens(sample, token_map)
-            assert len(union.indices) >= 1
+        for i in range(4):  # every chosen cell is also at least half inside the box
+            assert_regions_round_trip(qwen_family, make_sample(domain, 3, i), half_inside=True)
 
 
 def test_small_and_missing_regions(tiny_builtin: QwenVLAdapter) -> None:
@@ -191,7 +155,7 @@ def test_small_and_missing_regions(tiny_builtin: QwenVLAdapter) -> None:
     from corehead.models.base import sample_region_tokens
 
     unit = VisualUnit("image", "blank", 256, 256, image=Image.new("RGB", (256, 256)))
-    token_map = tiny_builtin.encode(_sample([unit])).token_map
+    token_map = tiny_builtin.encode(probe_sample([unit])).token_map
     idx, fell_back = token_map.region_tokens(Region(0, (40.0, 40.0, 50.0, 50.0)))  # inside cell (1, 1)
     assert fell_back and len(idx) == 1
     assert token_map.cells[idx[0]].tolist() == [32.0, 32.0, 64.0, 64.0]
@@ -233,7 +197,7 @@ def test_pixel_cap_shrinks_images_and_keeps_geometry(qwen_family: QwenVLAdapter)
     qwen_family.cap_pixels(128 * 128)
     try:
         unit = VisualUnit("image", "big", 640, 480, image=Image.new("RGB", (640, 480)))
-        enc = qwen_family.encode(_sample([unit]))
+        enc = qwen_family.encode(probe_sample([unit]))
         rows, cols = (int(v) for v in enc.inputs["image_grid_thw"][0][1:])
         assert rows * cols * qwen_family.patch**2 <= 128 * 128
         cells = enc.token_map.cells

@@ -29,18 +29,16 @@ EVIL_ID = "<img src=x onerror=alert(2)>-00000"
 
 def build_study(root: Path, adapter: QwenVLAdapter) -> Path:
     """Scoring (maps for 2 samples, one with a hostile id and question), a second scoring run, an ablation
-    and an acceleration run under `root`, written the way the CLI writes them; returns the report."""
+    and an acceleration run under `root` (each writes its summary: ablation.json, accelerate.json); returns the
+    report."""
     samples = list(synthetic.generate("all", 6, seed=1))
     samples[0] = dataclasses.replace(samples[0], id=EVIL_ID, question=EVIL_QUESTION)
     headset, _ = score_and_select(adapter, samples, root / "run", "synthetic:all", options=ScoreOptions(maps=2))
     evaluate(adapter, samples[:2], out=root / "run" / "answers.jsonl", max_new_tokens=2)
     score_and_select(adapter, samples[3:], root / "run2", "synthetic:all", query="question")
-    rows = ablate.ablate(adapter, samples, headset, root / "ab", [1, 2], seeds=2, max_new_tokens=2)
-    result = {"heads": str(root / "run" / "heads.json"), "mode": "zero", "conditions": ablate.summarize(rows)}
-    (root / "ab" / "ablation.json").write_text(json.dumps(result, indent=2))
-    rows = accelerate.accelerate(adapter, samples[:3], headset, root / "acc", 0.1, ["full", "core", "uniform"], 2)
-    result = {"budget": 0.1, "prefill": False, "query_agnostic": False, "methods": accelerate.summarize(rows)}
-    (root / "acc" / "accelerate.json").write_text(json.dumps(result, indent=2))
+    heads = str(root / "run" / "heads.json")
+    ablate.ablate(adapter, samples, headset, root / "ab", [1, 2], seeds=2, max_new_tokens=2, heads=heads)
+    accelerate.accelerate(adapter, samples[:3], headset, root / "acc", 0.1, ["full", "core", "uniform"], 2)
     return write_report([root], root / "report.html")
 
 
@@ -165,7 +163,8 @@ def test_report_command_and_a_folder_without_runs(study: Path, tmp_path: Path) -
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == {"report": str(out), "files": str(tmp_path / "r" / "study_files")}
     assert out.exists() and (tmp_path / "r" / "study_files" / "summary.json").exists()
-    shutil.copy(study.parent / "ab" / "ablation.jsonl", tmp_path / "ablation.jsonl")  # rows only: summarized
+    for name in ("ablation.jsonl", "ablation.json"):  # an ablation run's files, copied: the report reads its summary
+        shutil.copy(study.parent / "ab" / name, tmp_path / name)
     done = runner.invoke(app, ["--quiet", "report", str(tmp_path), "--out", str(tmp_path / "only.html")])
     assert done.exit_code == 0, done.output
     summary = json.loads((tmp_path / "only_files" / "summary.json").read_text())

@@ -19,6 +19,8 @@ from test_report import EVIL_ID, EVIL_QUESTION, build_study
 from corehead.heads import HeadSet
 from corehead.models.qwen_vl import QwenVLAdapter
 
+pytestmark = pytest.mark.browser
+
 DOCS_SHOT = Path(__file__).resolve().parents[1] / "docs" / "report.png"  # written when COREHEAD_DOCS_SCREENSHOT=1
 
 

@@ -98,6 +98,7 @@ def test_device_map_auto_scores_like_the_default(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "--dtype must be one of" in str(bad.exception)
 
 
+@pytest.mark.slow
 def test_two_processes_score_and_ablate_like_one(tmp_path: Path) -> None:
     common = ["--data", "synthetic:all", "--limit", "9", "--batch-size", "2"]
     _single("score", *common, "--out", str(tmp_path / "one"))
@@ -123,6 +124,7 @@ def test_two_processes_score_and_ablate_like_one(tmp_path: Path) -> None:
     assert one == two and len(two) == 4 * 2
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_without_losing_or_duplicating(tmp_path: Path) -> None:
     common = ["--data", "synthetic:scenes", "--limit", "24", "--batch-size", "1"]
     killed = tmp_path / "killed"

@@ -7,11 +7,22 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from corehead.models.builtin.train import TrainConfig, make_batch, train
+from corehead.data.sample import Sample
+from corehead.experiments.evaluate import evaluate
+from corehead.models.builtin.batches import make_batch
+from corehead.models.builtin.train import TrainConfig, train
+from corehead.models.qwen_vl import QwenVLAdapter
+
+
+def _accuracy(adapter: QwenVLAdapter, samples: list[Sample]) -> dict[str, float]:
+    """The trainer's held-out measure: exact-match accuracy per domain of short greedy answers."""
+    result = evaluate(adapter, samples, batch_size=32, max_new_tokens=4)
+    return {domain: v["accuracy"] for domain, v in result.by_domain().items()}
 
 
 def _small(steps: int, **kw: object) -> TrainConfig:
@@ -25,8 +36,9 @@ def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_model_saves(tmp_path: Path) -> None:
-    summary = train(tmp_path, _small(24, checkpoint_every=100))
+    summary = train(tmp_path, _small(24, checkpoint_every=100), evaluate=_accuracy)
     losses = [loss for _, loss in _losses(tmp_path)]
     assert len(losses) == 24
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
@@ -38,20 +50,20 @@ def test_loss_falls_and_model_saves(tmp_path: Path) -> None:
 
 def test_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(whole, _small(6, checkpoint_every=3))
-    train(parts, _small(3, checkpoint_every=3))
+    train(whole, _small(6, checkpoint_every=3), evaluate=_accuracy)
+    train(parts, _small(3, checkpoint_every=3), evaluate=_accuracy)
     # a crash after the checkpoint leaves rows that the resume must drop, not duplicate
     with (parts / "train_log.jsonl").open("a") as log:
         log.write(json.dumps({"step": 4, "loss": 99.0}) + "\n")
-    train(parts, _small(6, checkpoint_every=3))
+    train(parts, _small(6, checkpoint_every=3), evaluate=_accuracy)
     a, b = _losses(whole), _losses(parts)
     assert [s for s, _ in b] == [1, 2, 3, 4, 5, 6]
     assert np.allclose([loss for _, loss in a], [loss for _, loss in b], atol=2e-3)
 
 
 def test_data_workers_train_on_the_same_batches(tmp_path: Path) -> None:
-    train(tmp_path / "inline", _small(4, checkpoint_every=100))
-    train(tmp_path / "workers", _small(4, checkpoint_every=100, workers=2))
+    train(tmp_path / "inline", _small(4, checkpoint_every=100), evaluate=_accuracy)
+    train(tmp_path / "workers", _small(4, checkpoint_every=100, workers=2), evaluate=_accuracy)
     a, b = _losses(tmp_path / "inline"), _losses(tmp_path / "workers")
     assert [s for s, _ in b] == [1, 2, 3, 4]
     assert np.allclose([loss for _, loss in a], [loss for _, loss in b], atol=1e-4)
@@ -73,11 +85,14 @@ def test_batches_supervise_only_answers(tmp_path: Path) -> None:
 
 def test_training_can_start_from_trained_weights(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    train(first, _small(2, checkpoint_every=100))
+    train(first, _small(2, checkpoint_every=100), evaluate=_accuracy)
     start = AutoModelForImageTextToText.from_pretrained(first)
     seen: list[float] = []
     train(
-        tmp_path / "second", _small(1, lr=0.0, warmup=1, init=str(first)), on_step=lambda s, r: seen.append(r["loss"])
+        tmp_path / "second",
+        _small(1, lr=0.0, warmup=1, init=str(first)),
+        on_step=lambda s, r: seen.append(r["loss"]),
+        evaluate=_accuracy,
     )
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "second")
     for (name, a), (_, b) in zip(start.state_dict().items(), again.state_dict().items(), strict=True):
@@ -91,9 +106,9 @@ def test_training_can_start_from_trained_weights(tmp_path: Path) -> None:
 
 def test_continuation_without_a_probe_starts_it_at_zero(tmp_path: Path) -> None:
     first = tmp_path / "first"
-    train(first, _small(1, checkpoint_every=100))
+    train(first, _small(1, checkpoint_every=100), evaluate=_accuracy)
     shutil.rmtree(first / "checkpoint")  # like the shipped weights: a model folder with no run beside it
-    train(tmp_path / "second", _small(1, lr=0.0, warmup=1, init=str(first)))
+    train(tmp_path / "second", _small(1, lr=0.0, warmup=1, init=str(first)), evaluate=_accuracy)
     probe = load_file(tmp_path / "second" / "checkpoint" / "aux.safetensors")
     assert all(not v.any() for v in probe.values())  # so its first gradients leave the visual features alone
 
@@ -117,7 +132,7 @@ def test_grown_decoder_starts_as_the_same_function(tmp_path: Path) -> None:
     from corehead.models.builtin.train import grow_decoder
 
     first = tmp_path / "first"
-    train(first, _small(3, checkpoint_every=100))
+    train(first, _small(3, checkpoint_every=100), evaluate=_accuracy)
     adapter = _small_adapter()
     inputs = adapter.encode(make_sample("clips", 0, 1), answer=True).inputs
     model = AutoModelForImageTextToText.from_pretrained(first).eval()
@@ -135,7 +150,7 @@ def test_grown_decoder_starts_as_the_same_function(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="can only grow"):
         grow_decoder(model, 2)
     # through the trainer: --init with more layers saves the grown model (lr 0 keeps it as it started)
-    train(tmp_path / "deeper", _small(1, lr=0.0, warmup=1, init=str(first), layers=4))
+    train(tmp_path / "deeper", _small(1, lr=0.0, warmup=1, init=str(first), layers=4), evaluate=_accuracy)
     saved = AutoModelForImageTextToText.from_pretrained(tmp_path / "deeper").eval()
     assert saved.config.get_text_config().num_hidden_layers == 4
     with torch.no_grad():
@@ -144,7 +159,7 @@ def test_grown_decoder_starts_as_the_same_function(tmp_path: Path) -> None:
 
 def test_still_video_asks_the_same_questions_over_video_tokens() -> None:
     from corehead.data.synthetic import SEGMENT_FRAMES, make_scene
-    from corehead.models.builtin.train import _cell_labels, _pieces, still_video
+    from corehead.models.builtin.batches import cell_labels, chat_pieces, still_video
 
     adapter = _small_adapter()
     scene = make_scene("scenes", 0, 4, split="train")
@@ -154,13 +169,13 @@ def test_still_video_asks_the_same_questions_over_video_tokens() -> None:
     assert [(f.question, f.answer) for f in video.facts] == [(f.question, f.answer) for f in scene.facts]
     assert [r.unit for r in video.facts[0].regions] == list(range(SEGMENT_FRAMES))
     rng = np.random.default_rng(0)
-    prefix, pieces = _pieces(scene, rng, False, 2)
+    prefix, pieces = chat_pieces(scene, rng, False, 2)
     as_image, as_video = adapter.assemble(scene.units, prefix, pieces), adapter.assemble(video.units, prefix, pieces)
     assert set(as_image.mm_types) == {0, 1} and set(as_video.mm_types) == {0, 2}
     # one temporal patch of the same pixels: the same cells, labelled with the same objects
     assert np.array_equal(as_image.token_map.cells, as_video.token_map.cells)
-    labels = _cell_labels(video, as_video.token_map)
-    assert np.array_equal(labels, _cell_labels(scene, as_image.token_map)) and labels[:, 0].any()
+    labels = cell_labels(video, as_video.token_map)
+    assert np.array_equal(labels, cell_labels(scene, as_image.token_map)) and labels[:, 0].any()
     # in a batch: scenes only, all shown as still videos
     batch, aux = make_batch(adapter, _small(1, batch_size=3, domain_weights=(1.0, 0.0, 0.0), still_video=1.0), 0)
     assert not torch.any(batch["mm_token_type_ids"] == 1) and "pixel_values" not in batch
@@ -185,19 +200,19 @@ def test_train_builtin_refuses_bad_recipe_options(tmp_path: Path) -> None:
 
 
 def test_continuation_keeps_the_final_curriculum_mix() -> None:
-    from corehead.models.builtin.train import _compact_share
+    from corehead.models.builtin.recipe import compact_share
 
     fresh, continued = TrainConfig(), TrainConfig(init="builtin")
-    assert _compact_share(fresh, 0) == fresh.compact_start
-    assert _compact_share(fresh, 4000) == fresh.compact_end
-    assert _compact_share(continued, 0) == continued.compact_end
+    assert compact_share(fresh, 0) == fresh.compact_start
+    assert compact_share(fresh, 4000) == fresh.compact_end
+    assert compact_share(continued, 0) == continued.compact_end
 
 
 def test_value_focus_adds_the_value_loss_of_object_cells() -> None:
-    from corehead.models.builtin.train import _Aux
+    from corehead.models.builtin.train import Probe
 
     torch.manual_seed(0)
-    probe = _Aux(8)
+    probe = Probe(8)
     feats = torch.randn(6, 8)
     labels = torch.tensor([[0, 0], [3, 12], [0, 0], [5, 9], [0, 0], [1, 2]])
     plain, focused = probe.loss(feats, labels), probe.loss(feats, labels, value_focus=2.0)

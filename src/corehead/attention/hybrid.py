@@ -14,10 +14,10 @@ manager around `generate` (or any forward with a cache). While it is active:
   (causally) during the prefill too: cheaper long prefills, and an honest accuracy test, since retrieval
   often happens at the question tokens during the prefill.
 
-Selectors: `snap` (attention of the last prompt rows, averaged over the GQA group and pooled over
-neighbouring tokens, as SnapKV), `merge` (visual tokens averaged in runs of neighbours, spatial merging),
-`recent` (a few first visual tokens plus the last ones: DuoAttention's sink + recent streaming heads) and
-`last` (the last prompt row's attention averaged over all heads of the layer: FastV's ranking).
+Selectors (`SELECTORS`, one class per module of `corehead.attention.selectors`): `snap` (SnapKV), `merge`
+(spatial merging), `recent` (DuoAttention's sink + recent streaming heads) and `last` (FastV's ranking).
+Since the hybrid state computes the decoder's attention itself, recording (`record`) and attention knockouts
+raise an error inside a hybrid context; o_proj hooks (head ablations) work as everywhere.
 
 Supported: batches (left-padded; rows are padded to one kept count, so a row may keep a few more visual
 tokens than its budget), greedy and sampled `generate`, prompts continued by several tokens at once (a
@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from transformers.cache_utils import DynamicLayer
 
-from corehead.attention.interventions import scoped
-from corehead.attention.recorder import CHUNK_ELEMENTS, LAYER_ATTENTION, CompactMask, decoder_attention, sdpa
+from corehead.attention.kv_cache import Buffer, HybridLayer
+from corehead.attention.recorder import CHUNK_ELEMENTS, LAYER_ATTENTION, CompactMask, decoder_attention, scoped, sdpa
+from corehead.attention.selectors import SELECTORS, Prefill
+from corehead.models.shape import ModelShape
 
-SELECTORS: tuple[str, ...] = ("snap", "merge", "recent", "last")
 KVHead = tuple[int, int]  # (layer, KV head)
 
 
@@ -48,97 +48,20 @@ class KVPlan:
     """Visual budget per (layer, KV head): the share of the visual tokens it keeps (absent = all of them)."""
 
     budgets: dict[KVHead, float]
-    selector: str = "snap"
+    selector: str = "snap"  # one of SELECTORS
     window: int = 16  # prompt rows whose attention scores the tokens (snap)
     pool: int = 7  # neighbouring tokens pooled into a score (snap)
     sink: int = 4  # first visual tokens always kept (recent)
     prefill: bool = False  # reduced heads attend only to their kept tokens during the prefill too
 
     def __post_init__(self) -> None:
-        if self.selector not in SELECTORS:
-            raise ValueError(f"selector must be one of {', '.join(SELECTORS)}; got {self.selector!r}")
-        if self.prefill and self.selector == "merge":
+        if self.selector not in SELECTORS.names():
+            raise ValueError(f"selector must be one of {SELECTORS.help()}; got {self.selector!r}")
+        if self.prefill and not SELECTORS.get(self.selector).keeps_tokens:
             raise ValueError("the prefill option needs a selector that keeps tokens, not one that merges them")
         bad = {k: v for k, v in self.budgets.items() if not 0.0 <= v <= 1.0}
         if bad:
             raise ValueError(f"budgets are shares of the visual tokens, between 0 and 1; got {bad}")
-
-
-@dataclass
-class Buffer:
-    """Keys and values of some KV heads of one layer, all holding the same number of tokens."""
-
-    heads: list[int]
-    keys: torch.Tensor  # [B, len(heads), S, D]
-    values: torch.Tensor
-    valid: torch.Tensor  # [B, S] bool: False at padding
-    positions: torch.Tensor | None  # [B, len(heads), S] the tokens kept (None where tokens were merged)
-
-
-class HybridLayer(DynamicLayer):
-    """A cache layer that holds every token until `compress`, then per-head buffers of different sizes.
-
-    `get_seq_length` stays the logical length (Qwen-VL builds decode positions from it).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.logical = 0
-        self.buffers: list[Buffer] = []
-        self.valid: torch.Tensor | None = None  # [B, logical] before compression
-
-    @property
-    def compressed(self) -> bool:
-        return bool(self.buffers)
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        self.logical += key_states.shape[-2]
-        if not self.compressed:
-            return super().update(key_states, value_states)
-        b, n_new = key_states.shape[0], key_states.shape[-2]
-        new_valid = torch.ones(b, n_new, dtype=torch.bool, device=key_states.device)
-        new_positions = torch.arange(self.logical - n_new, self.logical, device=key_states.device)
-        for buf in self.buffers:
-            buf.keys = torch.cat([buf.keys, key_states[:, buf.heads]], dim=-2)
-            buf.values = torch.cat([buf.values, value_states[:, buf.heads]], dim=-2)
-            buf.valid = torch.cat([buf.valid, new_valid], dim=-1)
-            if buf.positions is not None:
-                grown = new_positions.expand(b, len(buf.heads), n_new)
-                buf.positions = torch.cat([buf.positions, grown], dim=-1)
-        return self.buffers[0].keys, self.buffers[0].values
-
-    def get_seq_length(self) -> int:
-        return self.logical
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.logical + query_length, 0
-
-    def kv_bytes(self) -> int:
-        """Bytes of keys and values this layer stores now."""
-        if self.compressed:
-            return sum(b.keys.nbytes + b.values.nbytes for b in self.buffers)
-        if not self.is_initialized or self.keys is None or self.values is None:
-            return 0
-        return int(self.keys.nbytes + self.values.nbytes)
-
-    def compress(self, buffers: list[Buffer]) -> None:
-        """Replace the full keys and values by these buffers (they cover every KV head once)."""
-        self.buffers = buffers
-        self.keys = self.values = torch.tensor([])
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        _refuse("beam search")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        _refuse("selecting batch rows")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        _refuse("repeating batch rows (num_return_sequences > 1)")
-
-
-def _refuse(what: str) -> None:
-    """Cache operations the per-head buffers do not support: a clear error instead of a wrong result."""
-    raise ValueError(f"the hybrid KV cache does not support {what}; use greedy or sampled generate, one sequence each")
 
 
 def visual_token_ids(config: Any) -> list[int]:
@@ -252,26 +175,6 @@ class HybridState:
             out[:, :, rows] = attended.transpose(1, 2)
         return out
 
-    def _scores(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
-        """[B, Hkv, L] how much each KV head wants each token (higher is kept first)."""
-        b, _, length, _ = query.shape
-        assert self.visual is not None and self.valid is not None
-        if self.plan.selector == "recent":
-            order = torch.cumsum(self.visual.long(), dim=1).float()  # visual rank, 1-based
-            score = order + (order <= self.plan.sink).float() * 1e9
-            return score[:, None].expand(b, self.n_kv_heads, length)
-        rows = 1 if self.plan.selector == "last" else min(self.plan.window, length)
-        q = query[:, :, -rows:].float()
-        k = key.float().repeat_interleave(self.groups, dim=1)
-        logits = (q @ k.transpose(-1, -2)) * scale  # the last rows see every key but padding
-        logits = logits.masked_fill(~self.valid[:, None, None, :], float("-inf"))
-        probs = logits.softmax(-1).mean(2)  # [B, H, L]
-        if self.plan.selector == "last":
-            return probs.mean(1, keepdim=True).expand(b, self.n_kv_heads, length)
-        grouped = probs.view(b, self.n_kv_heads, self.groups, length).mean(2)
-        pad = self.plan.pool // 2
-        return F.avg_pool1d(grouped, self.plan.pool, stride=1, padding=pad, count_include_pad=False)
-
     def _buffers(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
     ) -> list[Buffer]:
@@ -280,7 +183,8 @@ class HybridState:
         by_budget: dict[float | None, list[int]] = {}
         for j in range(self.n_kv_heads):
             by_budget.setdefault(self.plan.budgets.get((layer, j)), []).append(j)
-        scores = None
+        prefill = Prefill(self.plan, query, key, value, scale, self.visual, self.valid, self.groups, self.n_kv_heads)
+        selector = SELECTORS.get(self.plan.selector)(prefill)
         out = []
         n_visual = self.visual.sum(1)  # [B]
         for budget, heads in sorted(by_budget.items(), key=lambda kv: -1.0 if kv[0] is None else kv[0]):
@@ -292,75 +196,29 @@ class HybridState:
                 continue
             keep = (n_visual.float() * budget).ceil().long().clamp(max=n_visual)  # visual tokens per row
             count = int((self.visual.shape[1] - n_visual + keep).max())  # kept tokens, one count for all rows
-            if self.plan.selector == "merge":
-                slots = _merge_slots(self.visual, count)
-                k, v = _scatter_mean(key[:, heads], slots, count), _scatter_mean(value[:, heads], slots, count)
-                valid = torch.zeros(key.shape[0], count, dtype=torch.bool, device=key.device)
-                valid.scatter_reduce_(1, slots, self.valid, reduce="amax")
-                positions = None
-            else:
-                if scores is None:
-                    scores = self._scores(query, key, scale)
-                ranked = scores[:, heads].masked_fill(~self.visual[:, None, :], float("inf"))
-                index = ranked.topk(count, dim=-1).indices.sort(dim=-1).values  # [B, n, count], in order
-                gather = index[..., None].expand(-1, -1, -1, key.shape[-1])
-                k, v = key[:, heads].gather(2, gather), value[:, heads].gather(2, gather)
-                valid = self.valid.gather(1, index[:, 0])
-                positions = index
-            out.append(Buffer(heads, k, v, valid, positions))
+            out.append(selector.keep(heads, count))
             shown = float(((count - (self.visual.shape[1] - n_visual)).float() / n_visual.clamp_min(1)).mean())
             for j in heads:
                 self.kept[(layer, j)] = shown
         return out
 
 
-def _merge_slots(visual: torch.Tensor, count: int) -> torch.Tensor:
-    """[B, L] slot of each token: text tokens alone, visual tokens in runs of neighbours, `count` slots a row."""
-    b, length = visual.shape
-    slots = torch.empty(b, length, dtype=torch.long, device=visual.device)
-    for r in range(b):
-        n_text = int((~visual[r]).sum())
-        n_vis = length - n_text
-        groups = max(1, count - n_text)
-        run = torch.div(torch.arange(n_vis, device=visual.device) * groups, max(1, n_vis), rounding_mode="floor")
-        # slot order follows the first token of each slot: walk the row, opening a slot at each text token
-        # and at each new visual run
-        is_new = torch.ones(length, dtype=torch.bool, device=visual.device)
-        vis_pos = torch.nonzero(visual[r]).flatten()
-        if n_vis:
-            is_new[vis_pos[1:]] = run[1:] != run[:-1]
-            after_text = torch.zeros(n_vis, dtype=torch.bool, device=visual.device)
-            after_text[1:] = vis_pos[1:] != vis_pos[:-1] + 1
-            is_new[vis_pos[after_text]] = True
-        row = torch.cumsum(is_new.long(), 0) - 1
-        slots[r] = row.clamp(max=count - 1)
-    return slots
-
-
-def _scatter_mean(x: torch.Tensor, slots: torch.Tensor, count: int) -> torch.Tensor:
-    """[B, n, L, D] averaged into [B, n, count, D] by slot."""
-    index = slots[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[-1])
-    out = torch.zeros(*x.shape[:2], count, x.shape[-1], dtype=x.dtype, device=x.device)
-    return out.scatter_reduce(2, index, x, reduce="mean", include_self=False)
-
-
 @contextmanager
 def hybrid_plan(model: Any, plan: KVPlan) -> Iterator[HybridState]:
     """Run `generate` (or forwards with a cache) inside with the plan's per-head KV budgets."""
-    text = model.config.get_text_config()
-    n_kv = int(text.num_key_value_heads)
+    shape = ModelShape.of(model)
     layers = [layer for layer, _ in plan.budgets]
     heads = [head for _, head in plan.budgets]
-    if layers and (max(layers) >= text.num_hidden_layers or max(heads) >= n_kv or min(layers + heads) < 0):
-        raise ValueError(f"the plan names KV heads outside {text.num_hidden_layers} layers x {n_kv} KV heads")
-    state = HybridState(plan, int(text.num_attention_heads) // n_kv, n_kv, visual_token_ids(model.config))
+    if layers and (max(layers) >= shape.n_layers or max(heads) >= shape.n_kv_heads or min(layers + heads) < 0):
+        raise ValueError(f"the plan names KV heads outside {shape.n_layers} layers x {shape.n_kv_heads} KV heads")
+    state = HybridState(plan, shape.groups, shape.n_kv_heads, visual_token_ids(model.config))
 
     def start(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         ids = kwargs.get("input_ids", args[0] if args else None)
         if cache is None or ids is None or cache.get_seq_length() > 0:
             return  # no cache, or a decode step
-        state.start(ids, kwargs.get("attention_mask"), cache, int(text.num_hidden_layers))
+        state.start(ids, kwargs.get("attention_mask"), cache, shape.n_layers)
 
     with ExitStack() as stack:
         stack.enter_context(decoder_attention(model))
@@ -373,15 +231,10 @@ def core_plan(
     model: Any, heads: list[tuple[int, int]], budget: float, selector: str = "snap", prefill: bool = False
 ) -> KVPlan:
     """Every KV head that serves one of the CoRe query `heads` keeps all tokens; the others keep `budget`."""
-    text = model.config.get_text_config()
-    n_kv = int(text.num_key_value_heads)
-    groups = int(text.num_attention_heads) // n_kv
-    bad = [(layer, h) for layer, h in heads if not (0 <= layer < text.num_hidden_layers and 0 <= h < n_kv * groups)]
-    if bad:
-        raise ValueError(f"heads {bad} do not exist ({text.num_hidden_layers} layers x {n_kv * groups} heads)")
-    full = {(layer, h // groups) for layer, h in heads}
-    budgets = {(layer, j): budget for layer in range(text.num_hidden_layers) for j in range(n_kv)}
-    return KVPlan({k: v for k, v in budgets.items() if k not in full}, selector, prefill=prefill)
+    shape = ModelShape.of(model)
+    shape.check_heads(heads)
+    full = {(layer, h // shape.groups) for layer, h in heads}
+    return KVPlan({kv: budget for kv in shape.kv_heads() if kv not in full}, selector, prefill=prefill)
 
 
 def hybrid(

@@ -1,10 +1,10 @@
-"""Per-head interventions, declared as small dataclasses and applied with context managers.
+"""Per-head interventions, declared as small dataclasses, each applied with `with intervention.apply(model):`.
 
 - `HeadAblation` cuts heads at their contribution: the head's slice of the o_proj input is zeroed, or set
-  to its mean over a reference set (`head_means`). A forward pre-hook on each targeted layer's o_proj does
-  it, so it works under any attention implementation; hooks are removed on exit, even on error.
+  to its mean over a reference set (`head_means`). It edits `head_outputs`, so it works under any attention
+  implementation; hooks are removed on exit, even on error.
 - `HeadPatch` writes into heads' slices, at one position per sample, what they computed on a source sample
-  (activation patching, `head_outputs`): a test of sufficiency where ablation tests necessity.
+  (activation patching, `capture_head_outputs`): a test of sufficiency where ablation tests necessity.
 - `QueryZero` zeroes heads' queries (a forward hook on q_proj), so they attend uniformly to every key
   they may see: the legacy ablation of Retrieval Head and SparseMM, kept for comparability with their
   numbers (the head still writes an average of all values, so it is not a removal).
@@ -16,45 +16,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from corehead.attention.head_outputs import decoder_layers, head_outputs
+from corehead.attention.recorder import KNOCKOUT, decoder_attention, scoped
+from corehead.models.shape import ModelShape
+
 Head = tuple[int, int]  # (layer, query head)
 
 
-def decoder_layers(model: Any) -> Any:
-    """The language decoder's layers (each with self_attn.o_proj) of any supported family."""
-    decoder = model.get_decoder()
-    layers = getattr(decoder, "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
-    return layers
-
-
-def _head_dim(attn: Any) -> int:
-    return int(getattr(attn, "head_dim", attn.o_proj.in_features // attn.config.num_attention_heads))
-
-
-def _targets(model: Any, heads: tuple[Head, ...]) -> list[tuple[int, Any, list[int]]]:
-    """(layer, its attention module, its targeted heads) per layer, after checking every index exists."""
-    layers = decoder_layers(model)
+def _targets(model: Any, heads: tuple[Head, ...]) -> dict[int, list[int]]:
+    """Layer -> its targeted heads (sorted), after checking every index exists."""
+    shape = ModelShape.of(model)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
-        if not 0 <= layer < len(layers):
-            raise ValueError(f"layer {layer} does not exist (the decoder has {len(layers)})")
+        if not 0 <= layer < shape.n_layers:
+            raise ValueError(f"layer {layer} does not exist (the decoder has {shape.n_layers})")
         by_layer.setdefault(layer, []).append(head)
-    out = []
     for layer, chosen in sorted(by_layer.items()):
-        attn = layers[layer].self_attn
-        n_heads = attn.o_proj.in_features // _head_dim(attn)
-        bad = [h for h in chosen if not 0 <= h < n_heads]
+        bad = [h for h in chosen if not 0 <= h < shape.n_heads]
         if bad:
-            raise ValueError(f"heads {bad} do not exist in layer {layer} ({n_heads} heads)")
-        out.append((layer, attn, sorted(set(chosen))))
-    return out
+            raise ValueError(f"heads {bad} do not exist in layer {layer} ({shape.n_heads} heads)")
+    return {layer: sorted(set(chosen)) for layer, chosen in sorted(by_layer.items())}
 
 
 @dataclass(frozen=True)
@@ -75,31 +61,23 @@ class HeadAblation:
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[None]:
-        with ExitStack() as stack:
-            for layer, attn, heads in _targets(model, self.heads):
-                hook = attn.o_proj.register_forward_pre_hook(self._hook(layer, heads, _head_dim(attn)))
-                stack.callback(hook.remove)
+        targets = _targets(model, self.heads)
+
+        def replace(layer: int, x: torch.Tensor) -> torch.Tensor:
+            x, heads = x.clone(), targets[layer]
+            x[..., heads, :] = 0 if self.mode == "zero" else self.means[layer][heads].to(x)
+            return x
+
+        with head_outputs(model, replace, targets):
             yield
-
-    def _hook(self, layer: int, heads: list[int], dim: int) -> Any:
-        def replace(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x = args[0]
-            x = x.view(*x.shape[:-1], -1, dim).clone()
-            if self.mode == "zero":
-                x[..., heads, :] = 0
-            else:
-                x[..., heads, :] = self.means[layer][heads].to(x)
-            return (x.flatten(-2), *args[1:])
-
-        return replace
 
 
 @dataclass(frozen=True)
 class HeadPatch:
     """At `positions` ([B], one per sample), replace `heads`' o_proj input slices by `values`.
 
-    values: layer -> [B, heads, head_dim], every head's output at the source's position (`head_outputs`).
-    Only full forwards are patched (decode steps of a generation run unpatched).
+    values: layer -> [B, heads, head_dim], every head's output at the source's position
+    (`capture_head_outputs`). Only full forwards are patched (decode steps of a generation run unpatched).
     """
 
     heads: tuple[Head, ...]
@@ -108,50 +86,54 @@ class HeadPatch:
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[None]:
-        with ExitStack() as stack:
-            for layer, attn, heads in _targets(model, self.heads):
-                dim = _head_dim(attn)
+        targets = _targets(model, self.heads)
 
-                def patch(
-                    module: Any,
-                    args: tuple[torch.Tensor, ...],
-                    layer: int = layer,
-                    heads: list[int] = heads,
-                    dim: int = dim,
-                ) -> tuple[torch.Tensor, ...]:
-                    x = args[0]
-                    if x.shape[1] <= int(self.positions.max()):  # a decode step
-                        return args
-                    x = x.view(*x.shape[:-1], -1, dim).clone()
-                    rows = torch.arange(x.shape[0], device=x.device)
-                    source = self.values[layer][:, heads].to(x)
-                    x[rows[:, None], self.positions.to(x.device)[:, None], torch.as_tensor(heads)[None, :]] = source
-                    return (x.flatten(-2), *args[1:])
+        def patch(layer: int, x: torch.Tensor) -> torch.Tensor | None:
+            if x.shape[1] <= int(self.positions.max()):  # a decode step
+                return None
+            x, heads = x.clone(), targets[layer]
+            rows = torch.arange(x.shape[0], device=x.device)
+            source = self.values[layer][:, heads].to(x)
+            x[rows[:, None], self.positions.to(x.device)[:, None], torch.as_tensor(heads)[None, :]] = source
+            return x
 
-                stack.callback(attn.o_proj.register_forward_pre_hook(patch).remove)
+        with head_outputs(model, patch, targets):
             yield
 
 
 @torch.no_grad()
-def head_outputs(model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> dict[int, torch.Tensor]:
+def capture_head_outputs(
+    model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor
+) -> dict[int, torch.Tensor]:
     """Every head's output (its o_proj input slice) at `positions` ([B], one per sample): layer -> [B, H, D]."""
     seen: dict[int, torch.Tensor] = {}
-    hooks = []
-    for index, layer in enumerate(decoder_layers(model)):
-        dim = _head_dim(layer.self_attn)
 
-        def keep(module: Any, args: tuple[torch.Tensor, ...], index: int = index, dim: int = dim) -> None:
-            x = args[0]
-            rows = torch.arange(x.shape[0], device=x.device)
-            seen[index] = x[rows, positions.to(x.device)].view(x.shape[0], -1, dim).clone()
+    def keep(layer: int, x: torch.Tensor) -> None:
+        rows = torch.arange(x.shape[0], device=x.device)
+        seen[layer] = x[rows, positions.to(x.device)].clone()
 
-        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(keep))
-    try:
+    with head_outputs(model, keep):
         model(**batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
     return seen
+
+
+@torch.no_grad()
+def head_means(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """Mean output of every head (its o_proj input slice) over the real tokens of reference batches."""
+    sums: dict[int, torch.Tensor] = {}
+    real: list[torch.Tensor] = []  # the current batch's attention mask
+
+    def collect(layer: int, x: torch.Tensor) -> None:
+        x = x.float()
+        sums[layer] = sums.get(layer, 0) + (x * real[0][..., None, None].to(x)).sum(dim=(0, 1))
+
+    count = 0
+    with head_outputs(model, collect):
+        for batch in batches:
+            real[:] = [batch["attention_mask"].bool()]
+            model(**batch)
+            count += int(batch["attention_mask"].sum())
+    return {layer: total / max(1, count) for layer, total in sums.items()}
 
 
 @dataclass(frozen=True)
@@ -162,13 +144,14 @@ class QueryZero:
 
     @contextmanager
     def apply(self, model: Any) -> Iterator[None]:
+        layers, dim = decoder_layers(model), ModelShape.of(model).head_dim
         with ExitStack() as stack:
-            for _, attn, heads in _targets(model, self.heads):
+            for layer, heads in _targets(model, self.heads).items():
+                attn = layers[layer].self_attn
                 if not hasattr(attn, "q_proj"):
                     raise ValueError(f"{type(attn).__name__} has no q_proj: query-zero cannot reach its heads")
-                dim = _head_dim(attn)
 
-                def zero(module: Any, args: Any, out: torch.Tensor, heads: list[int] = heads, dim: int = dim) -> Any:
+                def zero(module: Any, args: Any, out: torch.Tensor, heads: list[int] = heads) -> Any:
                     out = out.view(*out.shape[:-1], -1, dim).clone()
                     out[..., heads, :] = 0  # a zero query stays zero through q_norm and rotary embedding
                     return out.flatten(-2)
@@ -177,60 +160,15 @@ class QueryZero:
             yield
 
 
-@torch.no_grad()
-def head_means(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[int, torch.Tensor]:
-    """Mean output of every head (its o_proj input slice) over the real tokens of reference batches."""
-    layers = decoder_layers(model)
-    sums: dict[int, torch.Tensor] = {}
-    count = [0]
-    mask_holder: list[torch.Tensor] = []
-    hooks = []
-    for index, layer in enumerate(layers):
-        attn = layer.self_attn
-        dim = _head_dim(attn)
-
-        def collect(module: Any, args: tuple[torch.Tensor, ...], index: int = index, dim: int = dim) -> None:
-            x = args[0].view(*args[0].shape[:-1], -1, dim).float()
-            keep = mask_holder[0][..., None, None].to(x)
-            sums[index] = sums.get(index, 0) + (x * keep).sum(dim=(0, 1))
-
-        hooks.append(attn.o_proj.register_forward_pre_hook(collect))
-    try:
-        for batch in batches:
-            mask_holder[:] = [batch["attention_mask"].bool()]
-            model(**batch)
-            count[0] += int(batch["attention_mask"].sum())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return {layer: total / max(1, count[0]) for layer, total in sums.items()}
-
-
-@dataclass
+@dataclass(frozen=True)
 class AttentionKnockout:
     """`heads` may not attend to the keys in `keys` ([B, Lk] bool, True = forbidden), e.g. visual tokens."""
 
     heads: tuple[Head, ...]
     keys: torch.Tensor
 
-
-_KNOCKOUT: ContextVar[AttentionKnockout | None] = ContextVar("corehead_knockout", default=None)
-
-
-def active_knockout() -> AttentionKnockout | None:
-    return _KNOCKOUT.get()
-
-
-@contextmanager
-def scoped(var: ContextVar[Any], value: Any) -> Iterator[Any]:
-    """Set a context variable for the duration of a with-block, restoring it on exit, even on error."""
-    token = var.set(value)
-    try:
-        yield value
-    finally:
-        var.reset(token)
-
-
-def knockout(spec: AttentionKnockout) -> Any:
-    """Apply an attention knockout to forwards run inside (within recorder.decoder_attention)."""
-    return scoped(_KNOCKOUT, spec)
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[None]:
+        """Route the decoder through corehead's attention function, which recomputes the heads masked."""
+        with decoder_attention(model), scoped(KNOCKOUT, self):
+            yield

@@ -6,6 +6,11 @@ selected query rows only, the post-softmax attention of every query head (GQA: h
 h // groups) and reduces it at once to per-head statistics over the visual tokens. The mask entry returns
 a `CompactMask` (the 2D padding mask and offsets), never a [L, L] tensor: memory grows linearly with the
 sequence length. The vision tower keeps its own attention implementation.
+
+What plugs in, each through a context variable: a recording plan (`record`), an attention knockout
+(`AttentionKnockout.apply`: the knocked-out heads are recomputed with their forbidden keys masked) and a
+replacement of the layer attention (the hybrid KV cache). The replacement computes attention itself, so a
+recording or a knockout inside it raises rather than silently doing nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,8 +27,10 @@ from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
-from corehead.attention.interventions import active_knockout, scoped
 from corehead.metrics.ram import head_stats
+
+if TYPE_CHECKING:
+    from corehead.attention.interventions import AttentionKnockout
 
 NAME = "corehead"
 CHUNK_ELEMENTS = 1 << 22  # mask entries per SDPA call when padding forces an explicit mask
@@ -104,6 +111,17 @@ class RowPlan:
 _PLAN: ContextVar[RowPlan | None] = ContextVar("corehead_plan", default=None)
 # a replacement for the decoder layers' attention (the hybrid KV cache): (module, q, k, v, mask, scale) -> out
 LAYER_ATTENTION: ContextVar[Any] = ContextVar("corehead_layer_attention", default=None)
+KNOCKOUT: ContextVar[AttentionKnockout | None] = ContextVar("corehead_knockout", default=None)
+
+
+@contextmanager
+def scoped(var: ContextVar[Any], value: Any) -> Iterator[Any]:
+    """Set a context variable for the duration of a with-block, restoring it on exit, even on error."""
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
 
 
 def corehead_attention(
@@ -124,16 +142,13 @@ def corehead_attention(
     layer = getattr(module, "layer_idx", None)
     replacement = LAYER_ATTENTION.get()
     if replacement is not None and layer is not None:
+        if _PLAN.get() is not None or KNOCKOUT.get() is not None:
+            raise ValueError(
+                "record(...) and attention knockouts do not run inside corehead.hybrid(...): the hybrid cache "
+                "computes the decoder's attention itself; record or knock out outside the hybrid context"
+            )
         return replacement(module, query, key, value, mask, scale), None
-    spec = active_knockout()
-    heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
-    forbid = None
-    if heads:  # the keys the knocked-out heads may not see
-        assert spec is not None
-        forbid = torch.zeros(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
-        span = min(spec.keys.shape[1], key.shape[2])
-        forbid[:, :span] = spec.keys[:, :span].to(key.device)
-    blocked = (heads, forbid) if forbid is not None else None
+    blocked = _knocked_out(layer, key)
     plan = _PLAN.get()
     if plan is not None and layer is not None:
         if query.shape[2] > 1:
@@ -148,7 +163,8 @@ def corehead_attention(
             plan.decode[-1][int(layer)] = _record(plan, rows, ones, query, key, mask, scale, None, blocked)[:, :, 0]
     dropout = dropout if module.training else 0.0
     out = sdpa(query, key, value, mask, scale, dropout)
-    if forbid is not None:  # recompute the knocked-out heads with their forbidden keys masked
+    if blocked is not None:  # recompute the knocked-out heads with their forbidden keys masked
+        heads, forbid = blocked
         keep = ~forbid if mask.keep is None else mask.keep & ~forbid
         groups = query.shape[1] // key.shape[1]
         kv = [h // groups for h in heads]
@@ -157,6 +173,19 @@ def corehead_attention(
         )
         out[:, :, heads] = sub
     return out, None
+
+
+def _knocked_out(layer: int | None, key: torch.Tensor) -> tuple[list[int], torch.Tensor] | None:
+    """The active knockout's heads in `layer` and the keys [B, Lk] they may not see (None: no such heads)."""
+    spec = KNOCKOUT.get()
+    heads = [h for lay, h in spec.heads if lay == layer] if spec is not None and layer is not None else []
+    if not heads:
+        return None
+    assert spec is not None
+    forbid = torch.zeros(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+    span = min(spec.keys.shape[1], key.shape[2])
+    forbid[:, :span] = spec.keys[:, :span].to(key.device)
+    return heads, forbid
 
 
 def sdpa(
@@ -263,7 +292,8 @@ def decoder_attention(model: Any) -> Iterator[None]:
 
 
 def record(plan: RowPlan) -> Any:
-    """Collect per-layer statistics into `plan.stats` for forwards run inside (within decoder_attention)."""
+    """Collect per-layer statistics into `plan.stats` for forwards run inside (within decoder_attention; not
+    within a hybrid KV cache, where it raises)."""
     return scoped(_PLAN, plan)
 
 

@@ -17,6 +17,8 @@ import ast
 import json
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,14 +60,8 @@ def _literal_list(row: Any, key: str, sample_id: str, where: str) -> list[Any]:
     return raw
 
 
-def load(
-    root: Path, options: dict[str, str], seed: int = 0, skip: Callable[[SampleError], None] | None = None
-) -> Iterator[Sample]:
-    """MMLongBench-Doc questions in a seeded order (see the module docstring)."""
-    check_options("mmlongbench-doc", options, OPTIONS)
-    scale = int_option(options, "dpi", 144, "mmlongbench-doc") / 72
-    max_pages = int_option(options, "max_pages", 50, "mmlongbench-doc")
-    index = question_index(Path(options["mmdocir"]), skip) if "mmdocir" in options else None
+def _read_rows(root: Path) -> list[Any]:
+    """The release's list of questions (samples.json)."""
     path = need_file(root, SAMPLES, "mmlongbench-doc")
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
@@ -73,19 +69,34 @@ def load(
         raise ValueError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a list of questions, got {type(rows).__name__}")
-    sizes: dict[Path, tuple[int, list[tuple[int, int]]]] = {}  # pdf -> (pages, pixel sizes of the kept ones)
+    return rows
 
-    def pixel_sizes(pdf: Path) -> tuple[int, list[tuple[int, int]]]:
-        if pdf not in sizes:
+
+@dataclass
+class _Reader:
+    """Makes the samples of one load: PDFs rendered at `scale`, their first `max_pages` pages kept; with an
+    MMDocIR `index`, only its questions, with its layout boxes as regions."""
+
+    root: Path
+    scale: float
+    max_pages: int
+    index: dict[tuple[str, str], tuple[str, Any]] | None
+    sizes: dict[Path, tuple[int, list[tuple[int, int]]]] = dc_field(default_factory=dict)
+
+    def pages(self, pdf: Path) -> tuple[int, list[tuple[int, int]]]:
+        """The document's page count and the pixel sizes of its kept pages (read once per document)."""
+        if pdf not in self.sizes:
             document = pdfium.PdfDocument(pdf)
             try:
-                kept = [document.get_page_size(k) for k in range(min(len(document), max_pages))]
-                sizes[pdf] = len(document), [(math.ceil(w * scale), math.ceil(h * scale)) for w, h in kept]
+                kept = [document.get_page_size(k) for k in range(min(len(document), self.max_pages))]
+                pixels = [(math.ceil(w * self.scale), math.ceil(h * self.scale)) for w, h in kept]
+                self.sizes[pdf] = len(document), pixels
             finally:
                 document.close()
-        return sizes[pdf]
+        return self.sizes[pdf]
 
-    def make(item: tuple[int, Any]) -> Sample | None:
+    def sample(self, item: tuple[int, Any]) -> Sample | None:
+        """The sample of the i-th question (None: MMDocIR does not have it)."""
         i, row = item
         sid, where = f"mmlongbench-doc-{i}", f"{SAMPLES}[{i}]"
         doc_id = field(row, "doc_id", sid, where, str)
@@ -94,12 +105,12 @@ def load(
         answer_format = field(row, "answer_format", sid, where, str)
         evidence = _literal_list(row, "evidence_pages", sid, where)
         sources = _literal_list(row, "evidence_sources", sid, where) if "evidence_sources" in row else []
-        match = None if index is None else index.get(question_key(doc_id, question))
-        if index is not None and match is None:
+        match = None if self.index is None else self.index.get(question_key(doc_id, question))
+        if self.index is not None and match is None:
             return None
-        pdf = inside(root / "documents", doc_id, sid, "doc_id", where)
+        pdf = inside(self.root / "documents", doc_id, sid, "doc_id", where)
         try:
-            total, kept = pixel_sizes(pdf)
+            total, kept = self.pages(pdf)
         except pdfium.PdfiumError as exc:
             raise SampleError(sid, "doc_id", f"unreadable PDF {pdf}: {exc}", where) from None
         for page in evidence:
@@ -108,22 +119,16 @@ def load(
                     sid, "evidence_pages", f"page {page} is outside the document (pages 1-{total})", where
                 )
             if page > len(kept):
-                raise SampleError(sid, "evidence_pages", f"page {page} is beyond max_pages={max_pages}", where)
+                raise SampleError(sid, "evidence_pages", f"page {page} is beyond max_pages={self.max_pages}", where)
         units = [
-            VisualUnit("page", f"{pdf}#page={k + 1}", w, h, page=k + 1, render=partial(_render, pdf, k, scale))
+            VisualUnit("page", f"{pdf}#page={k + 1}", w, h, page=k + 1, render=partial(_render, pdf, k, self.scale))
             for k, (w, h) in enumerate(kept)
         ]
-        if match is None:
-            regions = [Region(page - 1) for page in sorted(set(evidence))]
-        else:
-            mmdocir_where, mmdocir_question = match
-            regions = []
-            for box in layouts(mmdocir_question, sid, mmdocir_where):
-                if box.page >= len(units):
-                    problem = f"MMDocIR page {box.page} (page {box.page + 1}) is not among the {len(units)} kept pages"
-                    raise SampleError(sid, f"{box.name}.page", problem, mmdocir_where)
-                unit = units[box.page]
-                regions.append(Region(box.page, box.scaled(unit.width, unit.height, sid, mmdocir_where)))
+        regions = (
+            [Region(page - 1) for page in sorted(set(evidence))]
+            if match is None
+            else _layout_regions(match, units, sid)
+        )
         meta = {
             "domain": "mmlongbench-doc",
             "task": "mmlongbench",
@@ -134,4 +139,28 @@ def load(
         }
         return Sample(sid, units, question, answer, regions, meta=meta)
 
-    yield from samples(seeded(list(enumerate(rows)), seed), make, skip, where=SAMPLES, require_region=False)
+
+def _layout_regions(match: tuple[str, Any], units: list[VisualUnit], sid: str) -> list[Region]:
+    """MMDocIR's layout boxes of the matched question as regions on the kept pages."""
+    mmdocir_where, mmdocir_question = match
+    regions = []
+    for box in layouts(mmdocir_question, sid, mmdocir_where):
+        if box.page >= len(units):
+            problem = f"MMDocIR page {box.page} (page {box.page + 1}) is not among the {len(units)} kept pages"
+            raise SampleError(sid, f"{box.name}.page", problem, mmdocir_where)
+        unit = units[box.page]
+        regions.append(Region(box.page, box.scaled(unit.width, unit.height, sid, mmdocir_where)))
+    return regions
+
+
+def load(
+    root: Path, options: dict[str, str], seed: int = 0, skip: Callable[[SampleError], None] | None = None
+) -> Iterator[Sample]:
+    """MMLongBench-Doc questions in a seeded order (see the module docstring)."""
+    check_options("mmlongbench-doc", options, OPTIONS)
+    scale = int_option(options, "dpi", 144, "mmlongbench-doc") / 72
+    max_pages = int_option(options, "max_pages", 50, "mmlongbench-doc")
+    index = question_index(Path(options["mmdocir"]), skip) if "mmdocir" in options else None
+    reader = _Reader(root, scale, max_pages, index)
+    rows = _read_rows(root)
+    yield from samples(seeded(list(enumerate(rows)), seed), reader.sample, skip, where=SAMPLES, require_region=False)

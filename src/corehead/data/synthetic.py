@@ -107,6 +107,33 @@ class Scene:
     things: list[Thing] = field(default_factory=list)
 
 
+def _star(corners: int = 5, inner: float = 0.42) -> list[tuple[float, float]]:
+    """A star's outline in the box's frame: outer and inner corners in turn, the first at the top."""
+    points = []
+    for k in range(2 * corners):
+        radius = 1.0 if k % 2 == 0 else inner
+        angle = -math.pi / 2 + k * math.pi / corners
+        points.append((radius * math.cos(angle), radius * math.sin(angle)))
+    return points
+
+
+def _cross(t: float = 0.3) -> list[tuple[float, float]]:
+    """A plus sign's outline in the box's frame, its arms 2t wide."""
+    return [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+
+
+# polygons in the box's own frame: (-1, -1) is its top left corner, (1, 1) its bottom right one
+_OUTLINES: dict[str, list[list[tuple[float, float]]]] = {
+    "triangle": [[(0, -1), (1, 1), (-1, 1)]],
+    "star": [_star()],
+    "diamond": [[(0, -1), (1, 0), (0, 1), (-1, 0)]],
+    "cross": [_cross()],
+    "hexagon": [[(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]]],
+    "arrow": [[(-1, -0.3), (0.1, -0.3), (0.1, -1), (1, 0), (0.1, 1), (0.1, 0.3), (-1, 0.3)]],
+    "hourglass": [[(-1, -1), (1, -1), (0, 0)], [(-1, 1), (1, 1), (0, 0)]],
+}
+
+
 def draw_shape(
     draw: ImageDraw.ImageDraw,
     shape: str,
@@ -117,55 +144,16 @@ def draw_shape(
     """Draw one of SHAPES filling `box` (`background` fills the hole of a ring)."""
     x0, y0, x1, y1 = box
     cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
-    r = min(w, h) / 2
-
-    def poly(points: list[tuple[float, float]]) -> None:
-        draw.polygon([(cx + px * w / 2, cy + py * h / 2) for px, py in points], fill=fill)
-
-    if shape == "circle":
+    if shape in _OUTLINES:
+        for points in _OUTLINES[shape]:
+            draw.polygon([(cx + px * w / 2, cy + py * h / 2) for px, py in points], fill=fill)
+    elif shape in ("circle", "ring"):
         draw.ellipse(box, fill=fill)
+        if shape == "ring":
+            inner = min(w, h) / 2 * 0.5
+            draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=background)
     elif shape == "square":
         draw.rectangle((x0 + w * 0.08, y0 + h * 0.08, x1 - w * 0.08, y1 - h * 0.08), fill=fill)
-    elif shape == "triangle":
-        poly([(0, -1), (1, 1), (-1, 1)])
-    elif shape == "star":
-        pts = []
-        for k in range(10):
-            rad = 1.0 if k % 2 == 0 else 0.42
-            ang = -math.pi / 2 + k * math.pi / 5
-            pts.append((rad * math.cos(ang), rad * math.sin(ang)))
-        poly(pts)
-    elif shape == "diamond":
-        poly([(0, -1), (1, 0), (0, 1), (-1, 0)])
-    elif shape == "cross":
-        t = 0.3
-        poly(
-            [
-                (-t, -1),
-                (t, -1),
-                (t, -t),
-                (1, -t),
-                (1, t),
-                (t, t),
-                (t, 1),
-                (-t, 1),
-                (-t, t),
-                (-1, t),
-                (-1, -t),
-                (-t, -t),
-            ]
-        )
-    elif shape == "hexagon":
-        poly([(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 7)[:-1]])
-    elif shape == "ring":
-        draw.ellipse(box, fill=fill)
-        inner = r * 0.5
-        draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=background)
-    elif shape == "arrow":
-        poly([(-1, -0.3), (0.1, -0.3), (0.1, -1), (1, 0), (0.1, 1), (0.1, 0.3), (-1, 0.3)])
-    elif shape == "hourglass":
-        poly([(-1, -1), (1, -1), (0, 0)])
-        poly([(-1, 1), (1, 1), (0, 0)])
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 

@@ -9,46 +9,54 @@ Modes, how a head is cut: `zero` / `mean` (its slice of the o_proj input), `quer
 uniform-attention ablation of Retrieval Head and SparseMM), `mask-visual` / `mask-region` (it may not
 attend to any visual token / to the sample's region tokens; renormalised over the rest), and `patch`
 (activation patching: at the last prompt token, its slice takes the value it had on a paired source sample
-with another answer; rows then also say whether the answer moved to the source's answer).
+with another answer; rows then also say whether the answer moved to the source's answer). Each mode is a
+small class in experiments/modes/, registered in `MODES`.
 
 Every sample is answered under every condition; rows (ranking, condition, k, sample, prediction, correct,
 gold-answer log-prob) are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows already
 there. Effects are paired differences against `none` (and, for top-k, against the mean of the same-k random
-controls) with 95% bootstrap intervals and a paired sign-flip permutation test.
+controls) with 95% bootstrap intervals and a paired sign-flip permutation test; they go to RUN/ablation.json
+and RUN/ablation.png when the run is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from corehead.attention.interventions import (
-    AttentionKnockout,
-    Head,
-    HeadAblation,
-    HeadPatch,
-    QueryZero,
-    head_means,
-    head_outputs,
-    knockout,
-)
-from corehead.attention.recorder import decoder_attention
+from corehead.attention.interventions import Head
 from corehead.data.sample import Sample
-from corehead.experiments.runs import RowLog, Run, Shard, current_shard, dataset_order
+from corehead.experiments.modes import MODES, AblationMode, Needs, ablation_mode, last_prompt_token
+from corehead.experiments.runs import Shard
+from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
 from corehead.metrics.tasks import score_answer
-from corehead.models.base import ChatAdapter, Encoded, sample_region_tokens
+from corehead.models.base import ChatAdapter, Encoded
+from corehead.plots import ablation_sweep
+from corehead.runfolder import RunFolder
 
-MODES: tuple[str, ...] = ("zero", "mean", "query-zero", "mask-visual", "mask-region", "patch")
+__all__ = [
+    "CONTROLS",
+    "MODES",
+    "Condition",
+    "ablate",
+    "conditions",
+    "intervened",
+    "pair_sources",
+    "parse_k",
+    "plan_conditions",
+    "summarize",
+]
+
 CONTROLS: tuple[str, ...] = ("bottom", "random")
-SWEEP = "1%,2%,5%,10%,20%"
+ConditionKey = tuple[str, str, int]  # ranking, condition name, k
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class Condition:
     name: str
     k: int
     heads: tuple[Head, ...]
+
+    @property
+    def key(self) -> ConditionKey:
+        return self.ranking, self.name, self.k
 
 
 def parse_k(spec: str, n_heads: int) -> list[int]:
@@ -115,17 +127,6 @@ def plan_conditions(
     return out
 
 
-def _forbidden(samples: list[Sample], encoded: list[Encoded], mode: str) -> torch.Tensor:
-    """[B, width] keys barred in the mask-* modes: every visual token, or the sample's region tokens."""
-    width = max(e.length for e in encoded)
-    forbid = torch.zeros(len(encoded), width, dtype=torch.bool)
-    for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
-        tokens = np.arange(len(e.token_map)) if mode == "mask-visual" else sample_region_tokens(s, e.token_map).indices
-        forbid[b, torch.as_tensor(e.token_map.positions[tokens] + width - e.length)] = True
-    return forbid
-
-
-@contextmanager
 def intervened(
     model: Any,
     mode: str,
@@ -133,26 +134,10 @@ def intervened(
     means: dict[int, torch.Tensor] | None = None,
     forbid: torch.Tensor | None = None,
     source: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None,
-) -> Iterator[None]:
+) -> AbstractContextManager[Any]:
     """Cut `heads` in `mode` for the forwards run inside; `forbid` ([B, L] bool) for the mask-* modes,
     `source` (the source run's head outputs, the positions to patch) for `patch`."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    with ExitStack() as stack:
-        if heads and mode in ("zero", "mean"):
-            stack.enter_context(HeadAblation(heads, mode=mode, means=means or {}).apply(model))  # type: ignore[arg-type]
-        elif heads and mode == "query-zero":
-            stack.enter_context(QueryZero(heads).apply(model))
-        elif heads and mode == "patch":
-            if source is None:
-                raise ValueError("mode patch needs the source run's head outputs")
-            stack.enter_context(HeadPatch(heads, *source).apply(model))
-        elif heads:
-            if forbid is None:
-                raise ValueError(f"mode {mode} needs the forbidden keys of the batch")
-            stack.enter_context(decoder_attention(model))
-            stack.enter_context(knockout(AttentionKnockout(heads, forbid.to(model.device))))
-        yield
+    return ablation_mode(mode).applied(model, heads, Needs(means or {}, forbid, source))
 
 
 @torch.no_grad()
@@ -186,12 +171,6 @@ def pair_sources(samples: list[Sample]) -> dict[str, Sample]:
     return out
 
 
-def _last_prompt_token(encoded: list[Encoded]) -> torch.Tensor:
-    """[B] position of each sample's last prompt token in its left-padded batch."""
-    width = max(e.length for e in encoded)
-    return torch.tensor([e.prompt_end + width - e.length for e in encoded])
-
-
 @dataclass
 class _Batch:
     """One batch encoded once for every condition: prompts, prompts with gold answers, patch sources."""
@@ -211,23 +190,18 @@ def _encode(adapter: ChatAdapter, samples: list[Sample], sources: dict[str, Samp
 
 def _answer(
     adapter: ChatAdapter,
+    mode: AblationMode,
     batch: _Batch,
-    condition: Condition,
-    mode: str,
+    heads: tuple[Head, ...],
     means: dict[int, torch.Tensor],
     max_new_tokens: int,
 ) -> tuple[list[str], list[float]]:
-    """Greedy answers and gold-answer log-probs of a batch with the condition's heads cut."""
-    model = adapter.model
-    values = None
-    if mode == "patch" and condition.heads:
-        source = {k: v.to(model.device) for k, v in adapter.collate(batch.sources).items()}
-        values = head_outputs(model, source, _last_prompt_token(batch.sources))
+    """Greedy answers and gold-answer log-probs of a batch with `heads` cut."""
+    outputs = mode.source_outputs(adapter, batch.sources) if heads else None
     out: list[Any] = []
     for encoded in (batch.prompts, batch.answered):
-        forbid = _forbidden(batch.samples, encoded, mode) if mode.startswith("mask-") else None
-        patch = (values, _last_prompt_token(encoded)) if values is not None else None
-        with intervened(model, mode, condition.heads, means, forbid, patch):
+        source = (outputs, last_prompt_token(encoded)) if outputs is not None else None
+        with mode.applied(adapter.model, heads, Needs(means, mode.forbidden(batch.samples, encoded), source)):
             if encoded is batch.answered:
                 out.append(_answer_logprob(adapter, encoded))
             else:
@@ -237,6 +211,94 @@ def _answer(
 
 def _row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
     return row["ranking"], row["condition"], row["k"], row["id"]
+
+
+@dataclass(frozen=True)
+class AblateStudy(Study):
+    """Every sample answered under every condition of `plan`; rows keyed by (ranking, condition, k, id)."""
+
+    name: ClassVar[str] = "ablate"
+    dataset: str
+    mode: str
+    rankings: dict[str, list[Head]]
+    user: list[Head] | None
+    plan: list[Condition]
+    ks: list[int]
+    seeds: int
+    controls: tuple[str, ...]
+    batch_size: int
+    max_new_tokens: int
+    sources: dict[str, Sample]
+    heads: str  # what ranked the heads, for the summary (a heads.json, or the rankings' names)
+
+    def settings(self, adapter: ChatAdapter) -> dict[str, Any]:
+        return {
+            "model": adapter.name,
+            "dataset": self.dataset,
+            "mode": self.mode,
+            "rankings": self.rankings,
+            "user": self.user or [],
+        }
+
+    def info(self, adapter: ChatAdapter) -> dict[str, Any]:
+        return {"ks": self.ks, "seeds": self.seeds, "controls": list(self.controls), "batch_size": self.batch_size}
+
+    def keys(self, sample: Sample) -> list[Hashable]:
+        return [(*c.key, sample.id) for c in self.plan]
+
+    def store(self, out: Path | None, shard: Shard, position: Position) -> JsonRows:
+        place = {c.key: i for i, c in enumerate(self.plan)}
+        path = RunFolder(out).rows(self.name) if out is not None else None
+        return JsonRows(path, _row_key, lambda r: (place.get(_row_key(r)[:3], len(place)), position(r["id"])), shard)
+
+    @contextmanager
+    def session(self, adapter: ChatAdapter, samples: list[Sample]) -> Iterator[Work]:
+        mode = ablation_mode(self.mode)
+        means = mode.means(adapter, samples, self.batch_size)
+
+        def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
+            encoded: _Batch | None = None  # encoded once for the conditions that need the same samples
+            for condition in self.plan:
+                todo = [s for s in batch if (*condition.key, s.id) not in done]
+                if not todo:
+                    continue
+                if encoded is None or [s.id for s in encoded.samples] != [s.id for s in todo]:
+                    encoded = _encode(adapter, todo, self.sources)
+                answers, logps = _answer(adapter, mode, encoded, condition.heads, means, self.max_new_tokens)
+                rows = [self._row(adapter, mode, condition, *r) for r in zip(todo, answers, logps, strict=True)]
+                yield rows, len(rows)
+
+        yield work
+
+    def _row(
+        self, adapter: ChatAdapter, mode: AblationMode, condition: Condition, sample: Sample, answer: str, logp: float
+    ) -> dict[str, Any]:
+        row = {
+            "ranking": condition.ranking,
+            "condition": condition.name,
+            "k": condition.k,
+            "id": sample.id,
+            "mode": self.mode,
+            "heads": [list(h) for h in condition.heads],
+            "prediction": answer,
+            "correct": score_answer(sample, answer, adapter.parse_boxes),
+            "answer_logprob": logp,
+        }
+        if mode.paired:  # did the answer move to the source's?
+            source = self.sources[sample.id]
+            row["source"] = source.id
+            row["to_source"] = score_answer(source, answer, adapter.parse_boxes)
+        return row
+
+    def summarise(
+        self, adapter: ChatAdapter, samples: list[Sample], rows: Any, out: Path | None, shard: Shard
+    ) -> dict[str, Any] | None:
+        return {"heads": self.heads, "mode": self.mode, "conditions": summarize(rows)} if shard.main else None
+
+    def publish(self, folder: RunFolder, summary: dict[str, Any], samples: list[Sample]) -> None:
+        super().publish(folder, summary, samples)
+        title = f"{self.mode} ablation ({len(samples)} samples)"
+        ablation_sweep(summary["conditions"], title, folder.figure(self.name))
 
 
 def ablate(
@@ -255,68 +317,25 @@ def ablate(
     sources: dict[str, Sample] | None = None,
     dataset: str = "custom",
     shard: Shard | None = None,
+    heads: str | None = None,
 ) -> list[dict[str, Any]]:
     """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable, and sharded
-    under a distributed launch: see experiments/runs.py). Each batch is encoded once for all conditions.
+    under a distributed launch: see experiments/runs.py), then the paired effects to out/ablation.json
+    (labelled with `heads`, what ranked them; default the rankings' names) and out/ablation.png. Each batch
+    is encoded once for all conditions.
 
     For mode `patch`, `sources` maps each sample id to the sample patched from (default: pair_sources).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    sources = sources or (pair_sources(samples) if mode == "patch" else {})
+    cut = ablation_mode(mode)
+    sources = sources or (pair_sources(samples) if cut.paired else {})
     if isinstance(rankings, HeadSet):
         rankings = {f"{rankings.metric}:{rankings.query}": rankings.ranking}
     plan = plan_conditions(rankings, ks, seeds, controls, user)
-    shard = shard or current_shard()
-    settings = {"model": adapter.name, "dataset": dataset, "mode": mode, "rankings": rankings, "user": user or []}
-    info = {"ks": ks, "seeds": seeds, "controls": list(controls), "batch_size": batch_size}
-    run = Run(out, "ablate", settings, shard, info)
-    log = RowLog(out / "ablation.jsonl", _row_key, shard)
-    done = {_row_key(r) for r in log.read()}
-    means: dict[int, torch.Tensor] = {}
-    if mode == "mean":  # each head's mean output over reference samples (the dataset's first batch)
-        reference = adapter.collate([adapter.encode(s) for s in samples[:batch_size]])
-        means = head_means(adapter.model, [{k: v.to(adapter.model.device) for k, v in reference.items()}])
-    mine = shard.batches(samples, batch_size)
-    if on_progress is not None:
-        on_progress(sum((c.ranking, c.name, c.k, s.id) in done for c in plan for b in mine for s in b))
-    for chunk in mine:
-        encoded: _Batch | None = None
-        for condition in plan:
-            todo = [s for s in chunk if (condition.ranking, condition.name, condition.k, s.id) not in done]
-            if not todo:
-                continue
-            if encoded is None or [s.id for s in encoded.samples] != [s.id for s in todo]:
-                encoded = _encode(adapter, todo, sources)
-            answers, logps = _answer(adapter, encoded, condition, mode, means, max_new_tokens)
-            new = []
-            for sample, answer, logp in zip(todo, answers, logps, strict=True):
-                row = {
-                    "ranking": condition.ranking,
-                    "condition": condition.name,
-                    "k": condition.k,
-                    "id": sample.id,
-                    "mode": mode,
-                    "heads": [list(h) for h in condition.heads],
-                    "prediction": answer,
-                    "correct": score_answer(sample, answer, adapter),
-                    "answer_logprob": logp,
-                }
-                if mode == "patch":  # did the answer move to the source's?
-                    source = sources[sample.id]
-                    row["source"] = source.id
-                    row["to_source"] = score_answer(source, answer, adapter)
-                new.append(row)
-            log.append(new)
-            if on_progress is not None:
-                on_progress(len(new))
-    position = {(c.ranking, c.name, c.k): i for i, c in enumerate(plan)}
-    key = dataset_order(samples)
-    rows = log.merge(order=lambda r: (position.get(_row_key(r)[:3], len(position)), key(r["id"])))
-    have = {_row_key(r) for r in rows}
-    run.finish(sum(all((c.ranking, c.name, c.k, s.id) in have for c in plan) for s in samples), len(samples))
-    wanted = {s.id for s in samples}
-    return [r for r in rows if r["id"] in wanted]
+    label = heads if heads is not None else ",".join(rankings)
+    study = AblateStudy(
+        dataset, mode, rankings, user, plan, ks, seeds, controls, batch_size, max_new_tokens, sources, label
+    )
+    return run_study(study, adapter, samples, out, shard, on_progress).rows
 
 
 def _effect(diffs: np.ndarray) -> tuple[float, list[float], float]:

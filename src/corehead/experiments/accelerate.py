@@ -12,21 +12,25 @@ entries kept), on the same samples, interleaved sample by sample so timings shar
 - `fastv`: the first layers full, every KV head of later layers the same top visual tokens by the last
   prompt row's attention (FastV-style ranking, applied to the cache).
 
+Each method is a small class in experiments/kv_methods/, registered in `KV_METHODS`.
+
 Query-aware (default): the whole prompt is prefilled at once, so the selection sees the question.
 Query-agnostic: the visual input is prefilled and compressed first, the question comes after (a second
 turn over the same image, document or video), as kvpress evaluates.
 
 Rows (method, sample, answer, correct, prefill seconds, decode seconds per token, KV bytes kept and full)
-go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there.
+go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there. The summary per method goes
+to RUN/accelerate.json and RUN/accelerate.png when the run is done.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,88 +38,32 @@ from transformers import DynamicCache
 
 from corehead.attention.hybrid import KVPlan, hybrid_plan, kv_fraction
 from corehead.data.sample import Sample
-from corehead.experiments.runs import RowLog, Run, Shard, current_shard, dataset_order
+from corehead.experiments.kv_methods import KV_METHODS, KVBudget, plan_method
+from corehead.experiments.runs import Shard
+from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
 from corehead.heads import HeadSet
 from corehead.metrics.stats import bootstrap_mean_ci
 from corehead.metrics.tasks import score_answer
-from corehead.models.base import ChatAdapter
+from corehead.models.base import SEQUENCE_KEYS, ChatAdapter, Encoded
+from corehead.models.shape import ModelShape
+from corehead.plots import kv_tradeoff
+from corehead.runfolder import RunFolder
 
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # inputs laid along the sequence
-METHODS: tuple[str, ...] = ("full", "core", "uniform", "fastv", "random", "bottom", "duo", "sparsemm")
-
-
-def _shape(model: Any) -> tuple[int, int, int]:
-    text = model.config.get_text_config()
-    n_kv = int(text.num_key_value_heads)
-    return int(text.num_hidden_layers), n_kv, int(text.num_attention_heads) // n_kv
-
-
-def _all_kv(n_layers: int, n_kv: int) -> list[tuple[int, int]]:
-    return [(layer, j) for layer in range(n_layers) for j in range(n_kv)]
-
-
-def _with_full(
-    full: set[tuple[int, int]], every: list[tuple[int, int]], budget: float, selector: str, prefill: bool = False
-) -> KVPlan:
-    return KVPlan({kv: budget for kv in every if kv not in full}, selector, prefill=prefill)
+__all__ = ["KV_METHODS", "SEQUENCE_KEYS", "accelerate", "forward_times", "method_plans", "summarize"]
 
 
 def method_plans(
     model: Any, headset: HeadSet, budget: float, methods: list[str], seed: int = 0, prefill: bool = False
-) -> dict[str, Any]:
+) -> dict[str, KVPlan | None]:
     """KVPlan per method (None for full), every one at the total visual KV share of `core`; with `prefill`,
     reduced heads attend only to their kept tokens during the prefill too."""
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in KV_METHODS.names()]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {KV_METHODS.help()}")
     if not 0.0 <= budget <= 1.0:
         raise ValueError(f"budget is a share of the visual tokens, between 0 and 1; got {budget}")
-    n_layers, n_kv, groups = _shape(model)
-    every = _all_kv(n_layers, n_kv)
-    core = {(layer, h // groups) for layer, h in headset.selected}
-    target = kv_fraction(_with_full(core, every, budget, "snap"), n_layers, n_kv)
-    scores = headset.kv_scores("sum")  # [layers, kv heads]
-    by_score = sorted(every, key=lambda kv: scores[kv])
-    plans: dict[str, Any] = {}
-    for method in methods:
-        if method == "full":
-            plans[method] = None
-        elif method == "core":
-            plans[method] = _with_full(core, every, budget, "snap", prefill)
-        elif method == "duo":
-            plans[method] = _with_full(core, every, budget, "recent", prefill)
-        elif method == "random":
-            rng = np.random.default_rng(seed)
-            pick = {every[int(i)] for i in rng.choice(len(every), size=len(core), replace=False)}
-            plans[method] = _with_full(pick, every, budget, "snap", prefill)
-        elif method == "bottom":
-            plans[method] = _with_full(set(by_score[: len(core)]), every, budget, "snap", prefill)
-        elif method == "uniform":
-            plans[method] = KVPlan({kv: target for kv in every}, "snap", prefill=prefill)
-        elif method == "sparsemm":
-            plans[method] = KVPlan(_proportional(scores, target), "snap", prefill=prefill)
-        else:  # fastv: the first layer(s) whole, the same share for every KV head after
-            first = max(1, round(2 * n_layers / 32))  # FastV prunes after layer 2 of 32
-            share = float(np.clip((target * n_layers - first) / max(1, n_layers - first), 0.0, 1.0))
-            plans[method] = KVPlan({(lay, j): share for lay, j in every if lay >= first}, "last", prefill=prefill)
-    return plans
-
-
-def _proportional(scores: np.ndarray, target: float) -> dict[tuple[int, int], float]:
-    """Shares proportional to the scores with mean `target`, capped at 1 (the excess goes to the others)."""
-    weights = np.clip(scores.astype(float), 1e-9, None).ravel()
-    share = np.zeros_like(weights)
-    capped = np.zeros_like(weights, dtype=bool)
-    for _ in range(len(weights)):
-        left = target * len(weights) - capped.sum()
-        share[~capped] = left * weights[~capped] / weights[~capped].sum()
-        over = (share > 1.0) & ~capped
-        if not over.any():
-            break
-        capped |= over
-        share[capped] = 1.0
-    n_kv = scores.shape[1]
-    return {(i // n_kv, i % n_kv): float(min(1.0, s)) for i, s in enumerate(share)}
+    kv = KVBudget.of(ModelShape.of(model), headset, budget, seed, prefill)
+    return {method: plan_method(method, kv) for method in methods}
 
 
 @contextmanager
@@ -145,10 +93,20 @@ def forward_times(model: Any) -> Iterator[list[float]]:
 
 
 def _kv_bytes_full(model: Any, tokens: int) -> int:
-    n_layers, n_kv, _ = _shape(model)
-    text = model.config.get_text_config()
-    dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    return 2 * n_layers * n_kv * dim * tokens * next(model.parameters()).element_size()
+    shape = ModelShape.of(model)
+    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * tokens * next(model.parameters()).element_size()
+
+
+def _answer_after_context(adapter: ChatAdapter, encoded: Encoded, max_new_tokens: int) -> str:
+    """The visual input prefilled on its own, then the question as a second forward over its cache."""
+    model = adapter.model
+    batch = {k: v.to(model.device) for k, v in adapter.collate([encoded]).items()}
+    cut = int(encoded.token_map.positions.max()) + 1  # just after the last visual token
+    context_only = {k: v[:, :cut] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+    cache = DynamicCache(config=model.config)
+    model(**context_only, cache=cache)
+    question = {k: v for k, v in batch.items() if k in SEQUENCE_KEYS}
+    return adapter.decode(adapter.generate_ids(question, max_new_tokens, cache=cache))[0]
 
 
 def _run_one(
@@ -167,21 +125,7 @@ def _run_one(
     context = hybrid_plan(model, plan) if plan is not None else nullcontext(None)
     with torch.no_grad(), context as state, forward_times(model) as times:
         if query_agnostic:
-            batch = {k: v.to(model.device) for k, v in adapter.collate([encoded]).items()}
-            cut = int(encoded.token_map.positions.max()) + 1  # just after the last visual token
-            context_only = {k: v[:, :cut] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
-            cache = DynamicCache(config=model.config)
-            model(**context_only, cache=cache)
-            question = {k: v for k, v in batch.items() if k in SEQUENCE_KEYS}
-            new = model.generate(
-                **question,
-                cache=cache,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=adapter.end_token,
-                pad_token_id=adapter.pad_token,
-            )[:, batch["input_ids"].shape[1] :]
-            answer = adapter.tokenizer.batch_decode(new, skip_special_tokens=True)[0].strip()
+            answer = _answer_after_context(adapter, encoded, max_new_tokens)
         else:
             answer = adapter.generate_encoded([encoded], max_new_tokens)[0]
     before_answer = 2 if query_agnostic else 1  # forwards before the first answer token
@@ -190,13 +134,78 @@ def _run_one(
     decode = times[before_answer:]
     return {
         "prediction": answer,
-        "correct": score_answer(sample, answer, adapter),
+        "correct": score_answer(sample, answer, adapter.parse_boxes),
         "prefill_s": float(sum(times[:before_answer])),
         "decode_s_per_token": float(np.mean(decode)) if decode else None,
         "kv_bytes": state.kv_bytes() if state is not None else full,
         "kv_bytes_full": full,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }
+
+
+@dataclass(frozen=True)
+class AccelerateStudy(Study):
+    """Every sample under every method's plan, one sample at a time (methods interleaved, so timings share
+    conditions); rows keyed by (method, id)."""
+
+    name: ClassVar[str] = "accelerate"
+    dataset: str
+    heads: list[tuple[int, int]]  # the head set's ranking
+    plans: dict[str, KVPlan | None]
+    budget: float
+    prefill: bool
+    query_agnostic: bool
+    seed: int
+    max_new_tokens: int
+    batch_size: int = 1
+
+    @property
+    def setting(self) -> dict[str, Any]:
+        return {"budget": self.budget, "prefill": self.prefill, "query_agnostic": self.query_agnostic}
+
+    def settings(self, adapter: ChatAdapter) -> dict[str, Any]:
+        return {"model": adapter.name, "dataset": self.dataset, "heads": self.heads, **self.setting, "seed": self.seed}
+
+    def info(self, adapter: ChatAdapter) -> dict[str, Any]:
+        return {"methods": list(self.plans), "max_new_tokens": self.max_new_tokens}
+
+    def keys(self, sample: Sample) -> list[Hashable]:
+        return [(method, sample.id) for method in self.plans]
+
+    def store(self, out: Path | None, shard: Shard, position: Position) -> JsonRows:
+        order = {m: i for i, m in enumerate(self.plans)}
+        path = RunFolder(out).rows(self.name) if out is not None else None
+        return JsonRows(
+            path,
+            lambda r: (r["method"], r["id"]),
+            lambda r: (position(r["id"]), order.get(r["method"], len(order)), r["method"]),
+            shard,
+        )
+
+    @contextmanager
+    def session(self, adapter: ChatAdapter, samples: list[Sample]) -> Iterator[Work]:
+        shape = adapter.shape
+
+        def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
+            for sample in batch:
+                for method, plan in self.plans.items():
+                    if (method, sample.id) in done:
+                        continue
+                    share = 1.0 if plan is None else kv_fraction(plan, shape.n_layers, shape.n_kv_heads)
+                    row = {"method": method, "id": sample.id, **self.setting, "visual_kv_share": share}
+                    row.update(_run_one(adapter, sample, plan, self.max_new_tokens, self.query_agnostic))
+                    yield [row], 1
+
+        yield work
+
+    def summarise(
+        self, adapter: ChatAdapter, samples: list[Sample], rows: Any, out: Path | None, shard: Shard
+    ) -> dict[str, Any] | None:
+        return {**self.setting, "methods": summarize(rows)} if shard.main else None
+
+    def publish(self, folder: RunFolder, summary: dict[str, Any], samples: list[Sample]) -> None:
+        super().publish(folder, summary, samples)
+        kv_tradeoff(summary["methods"], f"accuracy vs KV kept at budget {self.budget:g}", folder.figure(self.name))
 
 
 def accelerate(
@@ -215,34 +224,11 @@ def accelerate(
     shard: Shard | None = None,
 ) -> list[dict[str, Any]]:
     """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable, sharded
-    under a distributed launch: experiments/runs.py; timings then share the machine)."""
-    methods = methods or list(METHODS)
-    plans = method_plans(adapter.model, headset, budget, methods, seed, prefill)
-    shard = shard or current_shard()
-    setting = {"budget": budget, "prefill": prefill, "query_agnostic": query_agnostic}
-    settings = {"model": adapter.name, "dataset": dataset, "heads": headset.ranking, **setting, "seed": seed}
-    run = Run(out, "accelerate", settings, shard, {"methods": methods, "max_new_tokens": max_new_tokens})
-    log = RowLog(out / "accelerate.jsonl", lambda r: (r["method"], r["id"]), shard)
-    done = {(r["method"], r["id"]) for r in log.read()}
-    n_layers, n_kv, _ = _shape(adapter.model)
-    for (sample,) in shard.batches(samples, 1):
-        for method, plan in plans.items():
-            if (method, sample.id) in done:
-                continue
-            share = 1.0 if plan is None else kv_fraction(plan, n_layers, n_kv)
-            row = {"method": method, "id": sample.id, **setting}
-            row["visual_kv_share"] = share
-            row.update(_run_one(adapter, sample, plan, max_new_tokens, query_agnostic))
-            log.append([row])
-        if on_progress is not None:
-            on_progress(1)
-    order = {m: i for i, m in enumerate(methods)}
-    key = dataset_order(samples)
-    rows = log.merge(order=lambda r: (key(r["id"]), order.get(r["method"], len(order)), r["method"]))
-    have = {(r["method"], r["id"]) for r in rows}
-    run.finish(sum(all((m, s.id) in have for m in methods) for s in samples), len(samples))
-    wanted = {s.id for s in samples}
-    return [r for r in rows if r["id"] in wanted]
+    under a distributed launch: experiments/runs.py; timings then share the machine), then the summary
+    per method to out/accelerate.json and out/accelerate.png. Progress counts (method, sample) rows."""
+    plans = method_plans(adapter.model, headset, budget, methods or list(KV_METHODS.names()), seed, prefill)
+    study = AccelerateStudy(dataset, headset.ranking, plans, budget, prefill, query_agnostic, seed, max_new_tokens)
+    return run_study(study, adapter, samples, out, shard, on_progress).rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -275,5 +261,5 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("accuracy", "prefill_s", "decode_s_per_token", "kv_bytes", "peak_memory_bytes"):
             base = full.get(key) if full is not None else None
             t[f"{key}_vs_full"] = t[key] / base if base and t[key] is not None else None
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(KV_METHODS.names())}
     return sorted(table, key=lambda t: order.get(t["method"], len(order)))

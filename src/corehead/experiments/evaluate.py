@@ -1,20 +1,22 @@
 """Task accuracy of a model on grounded samples: generate, score, write each prediction as it is made.
 
 Predictions go to a JSONL file one row per sample id; a rerun reads it back and only answers the samples
-not yet there, so an interrupted run resumes and never duplicates a row (experiments/runs.py).
+not yet there, so an interrupted run resumes and never duplicates a row (experiments/study.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from corehead.data.sample import Sample
-from corehead.experiments.runs import RowLog, Shard, current_shard, dataset_order
+from corehead.experiments.runs import Shard, current_shard
+from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
 from corehead.metrics.tasks import score_answer
-from corehead.models.base import ModelAdapter
+from corehead.models.base import ChatAdapter
 
 
 @dataclass
@@ -39,8 +41,49 @@ class EvalResult:
         return out
 
 
+@dataclass(frozen=True)
+class EvalStudy(Study):
+    """Greedy answers scored by the task metric, one row per sample; a predictions file has no manifest,
+    but it may only hold one model's answers."""
+
+    name: ClassVar[str] = "eval"
+    model: str
+    batch_size: int = 16
+    max_new_tokens: int = 16
+
+    def keys(self, sample: Sample) -> list[Hashable]:
+        return [sample.id]
+
+    def store(self, out: Path | None, shard: Shard, position: Position) -> JsonRows:
+        def one_model(rows: list[dict[str, Any]]) -> None:
+            other = {r.get("model", self.model) for r in rows} - {self.model}
+            if other:
+                raise ValueError(f"{out} holds predictions of model {sorted(other)[0]!r}; use a new --out file")
+
+        return JsonRows(out, lambda r: r["id"], lambda r: position(r["id"]), shard, one_model)
+
+    @contextmanager
+    def session(self, adapter: ChatAdapter, samples: list[Sample]) -> Iterator[Work]:
+        def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
+            answers = adapter.generate(batch, max_new_tokens=self.max_new_tokens)
+            yield [self._row(adapter, s, a) for s, a in zip(batch, answers, strict=True)], len(batch)
+
+        yield work
+
+    def _row(self, adapter: ChatAdapter, sample: Sample, answer: str) -> dict[str, Any]:
+        return {
+            "id": sample.id,
+            "model": adapter.name,
+            "domain": sample.domain,
+            "question": sample.question,
+            "answer": sample.answer,
+            "prediction": answer,
+            "correct": score_answer(sample, answer, adapter.parse_boxes),
+        }
+
+
 def evaluate(
-    adapter: ModelAdapter,
+    adapter: ChatAdapter,
     samples: list[Sample],
     out: Path | None = None,
     batch_size: int = 16,
@@ -58,37 +101,5 @@ def evaluate(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"sample ids must be unique: {dup!r} appears more than once")
     shard = (shard or current_shard()) if out is not None else Shard()
-    rows = RowLog(out, lambda r: r["id"], shard) if out is not None else None
-    done = {r["id"]: r for r in rows.read()} if rows is not None else {}
-    other = {r.get("model", adapter.name) for r in done.values()} - {adapter.name}
-    if other:
-        raise ValueError(f"{out} holds predictions of model {sorted(other)[0]!r}; use a new --out file")
-    mine = shard.batches(samples, batch_size)
-    if on_progress is not None:
-        on_progress(sum(s.id in done for batch in mine for s in batch))
-    for batch in mine:
-        chunk = [s for s in batch if s.id not in done]
-        if not chunk:
-            continue
-        answers = adapter.generate(chunk, max_new_tokens=max_new_tokens)
-        new = [
-            {
-                "id": sample.id,
-                "model": adapter.name,
-                "domain": sample.domain,
-                "question": sample.question,
-                "answer": sample.answer,
-                "prediction": answer,
-                "correct": score_answer(sample, answer, adapter),
-            }
-            for sample, answer in zip(chunk, answers, strict=True)
-        ]
-        done.update((r["id"], r) for r in new)
-        if rows is not None:
-            rows.append(new)
-        if on_progress is not None:
-            on_progress(len(chunk))
-    if rows is not None:
-        key = dataset_order(samples)
-        done = {r["id"]: r for r in rows.merge(order=lambda r: key(r["id"]))}
-    return EvalResult([done[i] for i in ids])
+    study = EvalStudy(adapter.name, batch_size, max_new_tokens)
+    return EvalResult(run_study(study, adapter, samples, out, shard, on_progress).rows)

@@ -14,8 +14,18 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from corehead.models.base import ChatAdapter, Encoded, ModelAdapter, VisualTokenMap
+from corehead.models.shape import ModelShape
 
-__all__ = ["FAMILIES", "ChatAdapter", "Encoded", "ModelAdapter", "VisualTokenMap", "load_model", "resolve"]
+__all__ = [
+    "FAMILIES",
+    "ChatAdapter",
+    "Encoded",
+    "ModelAdapter",
+    "ModelShape",
+    "VisualTokenMap",
+    "load_model",
+    "resolve",
+]
 
 # model_type -> (display name, module holding make_adapter)
 FAMILIES: dict[str, tuple[str, str]] = {

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from corehead.data.sample import Box, Region, Sample, SampleError, VisualUnit
+from corehead.models.shape import ModelShape
 
 
 @dataclass
@@ -290,15 +291,29 @@ class ChatAdapter(ABC):
     def generate_encoded(self, encoded: list[Encoded], max_new_tokens: int = 16) -> list[str]:
         """Greedy answers for already encoded samples (collated exactly as `collate` lays them out)."""
         batch = {k: v.to(self.model.device) for k, v in self.collate(encoded).items()}
+        return self.decode(self.generate_ids(batch, max_new_tokens))
+
+    def generate_ids(self, inputs: dict[str, torch.Tensor], max_new_tokens: int = 16, **extra: Any) -> torch.Tensor:
+        """The one generate call of corehead: greedy new tokens [B, M] after `inputs`, stopping at the end of
+        turn; `extra` goes to `generate` (e.g. a prefilled `cache`)."""
         out = self.model.generate(
-            **batch,
+            **inputs,
+            **extra,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=self.end_token,
             pad_token_id=self.pad_token,
         )
-        new = out[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out[:, inputs["input_ids"].shape[1] :]
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Generated token ids [B, M] as answer texts, special tokens dropped, stripped."""
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    @property
+    def shape(self) -> ModelShape:
+        """The decoder's layers, heads, KV heads and head width."""
+        return ModelShape.of(self.model)
 
 
 def unit_groups(units: list[VisualUnit]) -> list[list[int]]:

@@ -1,1 +1,1 @@
-"""Pictures of results (matplotlib, written as PNG next to the results they show)."""
+"""The HTML report of run folders (`corehead report`): reads what the studies wrote, never a model."""

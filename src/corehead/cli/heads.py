@@ -1,0 +1,78 @@
+"""`corehead heads show|compare|export`: read, compare and convert head sets (heads.json); and the --heads
+option of the commands that use a head set."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from corehead.cli.console import emit_json, log
+from corehead.cli.tables import print_headset
+from corehead.runfolder import RunFolder
+
+app = typer.Typer(help="Show, compare and export head sets (heads.json).", no_args_is_help=True)
+HeadsOpt = Annotated[Path, typer.Option("--heads", help="heads.json (or its scoring run folder) that ranks the heads.")]
+
+
+def load_headset(path: Path) -> Any:
+    """The HeadSet in heads.json, given the file or its scoring run folder."""
+    from corehead.heads import HeadSet
+
+    return HeadSet.load(RunFolder(path).heads if path.is_dir() else path)
+
+
+def _retrieval_head(headset: Any) -> str:
+    from corehead.heads import to_retrieval_head
+
+    return json.dumps(to_retrieval_head(headset))
+
+
+def _duo(headset: Any) -> str:
+    from corehead.heads import to_duo_tsv
+
+    return to_duo_tsv(headset)
+
+
+EXPORTS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "retrieval-head": ("JSON", _retrieval_head),
+    "duo": ("full_attention_heads.tsv", _duo),
+}
+FORMATS = " or ".join(f"{name} ({what})" for name, (what, _) in EXPORTS.items())
+
+
+@app.command("show")
+def show(
+    path: Annotated[Path, typer.Argument(help="A heads.json (or the run folder holding it).")],
+    top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 10,
+) -> None:
+    """Print a head set's top heads and layer profile."""
+    print_headset(load_headset(path), top)
+
+
+@app.command("compare")
+def compare(
+    first: Annotated[Path, typer.Argument(help="heads.json of one run.")],
+    second: Annotated[Path, typer.Argument(help="heads.json of another run.")],
+) -> None:
+    """Overlap of two head sets: Jaccard of the selections, Spearman correlation of the rankings."""
+    from corehead.heads import overlap
+
+    emit_json(overlap(load_headset(first), load_headset(second)))
+
+
+@app.command("export")
+def export(
+    path: Annotated[Path, typer.Argument(help="heads.json to export.")],
+    to: Annotated[str, typer.Option("--to", help=f"{FORMATS}.")],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write.")],
+) -> None:
+    """Write a head set in a peer's format."""
+    if to not in EXPORTS:
+        raise ValueError(f"--to must be {' or '.join(EXPORTS)}, got {to!r}")
+    headset = load_headset(path)
+    out_file.write_text(EXPORTS[to][1](headset))
+    log(f"wrote {out_file}")

@@ -1,0 +1,68 @@
+"""`corehead score`: rank every decoder head by Retrieval Attention Mass and select the CoRe heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from corehead.cli.console import emit_json, log, progress
+from corehead.cli.launch import processes, share
+from corehead.cli.options import DATA, MODEL, DataOptions, ModelOptions, Opt, RunOptions, options, run_options
+from corehead.cli.tables import print_headset
+from corehead.runfolder import RunFolder
+
+RUN = run_options(Path("runs/score"), "Run folder (results/, manifest.json, heads.json).", 4)
+QueryOpt = Annotated[
+    str, typer.Option("--query", help="Query rows that rank heads: all, question, prompt-end, answer or generated.")
+]
+MetricOpt = Annotated[str, typer.Option("--metric", help="ram or ram_minus_distractor.")]
+FractionOpt = Annotated[float, typer.Option("--fraction", help="Share of heads selected as CoRe heads.")]
+CountOpt = Annotated[int | None, typer.Option("--count", help="Select this many heads instead.")]
+CorrectOpt = Annotated[
+    bool, typer.Option("--correct-only", help="Also rank on correctly answered samples (heads-correct.json).")
+]
+MapsOpt = Annotated[
+    int, typer.Option("--maps", help="Keep every head's attention maps for the first N samples (RUN/maps/).")
+]
+
+
+@options(model=MODEL, data=DATA.but(limit=Opt(("--limit",), "Score at most this many samples.")), run=RUN)
+def score(
+    *,
+    query: QueryOpt = "all",
+    metric: MetricOpt = "ram",
+    fraction: FractionOpt = 0.05,
+    count: CountOpt = None,
+    correct_only: CorrectOpt = False,
+    maps: MapsOpt = 0,
+    model: ModelOptions,
+    data: DataOptions,
+    run: RunOptions,
+) -> None:
+    """Score every decoder head by Retrieval Attention Mass; write RUN/results and RUN/heads.json."""
+    from corehead.experiments.score import ScoreOptions, score_and_select
+
+    with processes(run.num_processes) as shard:
+        samples = data.load()
+        adapter = model.load()
+        select = (adapter, samples, run.folder, data.data, query.replace("-", "_"), metric, fraction, count)
+        scoring = ScoreOptions(batch_size=run.batch_size, maps=maps)
+        with progress("scoring", share(shard, samples, run.batch_size)) as advance:
+            headset, scored = score_and_select(*select, scoring, advance, shard=shard)
+        if scored.fallbacks:
+            log(f"{scored.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")
+        if correct_only:  # reported both ways: all samples first, then the correctly answered ones
+            print_headset(headset)
+            log("ranked on the samples the model answers correctly (heads-correct.json):")
+            headset, _ = score_and_select(*select, scoring, correct_only=True, shard=shard)
+        if not shard.main:
+            return
+    if run.as_json:
+        layers = headset.layer_profile().tolist()
+        heads = str(RunFolder(run.folder).heads)
+        emit_json({"heads": heads, "n": headset.n_samples, "selected": headset.selected, "layer_profile": layers})
+        return
+    print_headset(headset)
+    log(f"results: {run.out}/ (results/*.parquet, manifest.json, heads.json, heads.png)")

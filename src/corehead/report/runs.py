@@ -1,0 +1,61 @@
+"""The run folders a report shows: found below the folders given, by the summaries their runs wrote."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from corehead.runfolder import SUMMARY, RunFolder
+
+
+@dataclass
+class Runs:
+    """Run folders found under the folders given, each with a label (its path below the folder given)."""
+
+    scores: list[tuple[str, Path]]
+    ablations: list[tuple[str, Path]]
+    accelerations: list[tuple[str, Path]]
+    questions: dict[str, str]  # sample id -> question, from answers.jsonl / predictions*.jsonl files
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _ in self.scores + self.ablations + self.accelerations]
+
+
+def find_runs(folders: list[Path]) -> Runs:
+    """Search each folder recursively for heads.json, ablation.json and accelerate.json."""
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder")
+
+    def found(name: str) -> list[tuple[str, Path]]:
+        runs: dict[Path, str] = {}
+        for folder in folders:
+            for path in sorted(folder.rglob(name)):
+                below = path.parent.relative_to(folder)
+                runs.setdefault(path.parent, folder.name if below == Path() else str(below))
+        return [(label, path) for path, label in runs.items()]
+
+    runs = Runs(found(SUMMARY["score"]), found(SUMMARY["ablate"]), found(SUMMARY["accelerate"]), _questions(folders))
+    if not (runs.scores or runs.ablations or runs.accelerations):
+        names = ", ".join(str(f) for f in folders)
+        raise ValueError(f"no runs in {names}: expected heads.json, ablation.json or accelerate.json below it")
+    return runs
+
+
+def _questions(folders: list[Path]) -> dict[str, str]:
+    """Each sample's question, from the answers the runs kept (answers.jsonl, predictions*.jsonl)."""
+    questions: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*.jsonl")):
+            if path != RunFolder(path.parent).answers and not path.name.startswith("predictions"):
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and "id" in row and "question" in row:
+                    questions.setdefault(str(row["id"]), str(row["question"]))
+    return questions
