@@ -125,6 +125,24 @@ def test_two_processes_score_and_ablate_like_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_two_processes_run_a_study_like_one(tmp_path: Path) -> None:
+    study = ["study", "--data", "synthetic:scenes", "--limit", "12", "--n-score", "6", "--n-ablate", "6"]
+    study += ["--n-accelerate", "3", "--k", "2", "--seeds", "1", "--methods", "full,core", "--batch-size", "2"]
+    _single(*study, "--out", str(tmp_path / "one"))
+    _run(*study, "--out", str(tmp_path / "two"), "--num-processes", "2")
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    for key in ("n", "accuracy", "by_domain", "core_heads", "ablation"):
+        assert one[key] == two[key], key
+    untimed = ("method", "n", "accuracy", "kv_bytes", "visual_kv_share")
+    assert [{k: r[k] for k in untimed} for r in one["acceleration"]["scenes"]] == [
+        {k: r[k] for k in untimed} for r in two["acceleration"]["scenes"]
+    ]
+    assert (tmp_path / "two" / "report.html").exists()
+    for stage in ("score-scenes", "ablate-scenes", "accelerate-scenes"):
+        assert json.loads((tmp_path / "two" / stage / "manifest.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_without_losing_or_duplicating(tmp_path: Path) -> None:
     common = ["--data", "synthetic:scenes", "--limit", "24", "--batch-size", "1"]
     killed = tmp_path / "killed"

@@ -53,6 +53,19 @@ class RunFolder:
         return self.path / "heads-correct.json"
 
     @property
+    def study_summary(self) -> Path:
+        """The numbers of a whole study (`corehead study` or `demo`), beside its run folders."""
+        return self.path / "summary.json"
+
+    def stage(self, command: str, domain: str) -> RunFolder:
+        """The run folder of one stage of a study: `score-D/`, `ablate-D/` or `accelerate-D/` for domain D."""
+        return RunFolder(self.path / f"{command}-{domain}")
+
+    def predictions(self, seed: int) -> Path:
+        """A study's answers to its evaluation samples."""
+        return self.path / f"predictions-seed{seed}.jsonl"
+
+    @property
     def answers(self) -> Path:
         """The model's answers to the scored samples (scoring with --correct-only)."""
         return self.path / "answers.jsonl"

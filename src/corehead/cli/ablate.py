@@ -9,7 +9,7 @@ import typer
 
 from corehead.cli.console import emit_json, log, progress
 from corehead.cli.heads import HeadsOpt, load_headset
-from corehead.cli.launch import processes, share
+from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, ModelOptions, RunOptions, options, run_options
 from corehead.cli.tables import print_ablation
 from corehead.runfolder import RunFolder
@@ -48,6 +48,7 @@ def ablate(
     """Cut the top-k heads and same-size bottom and random controls; paired effects with 95% CIs."""
     from corehead.experiments.ablate import MODES, parse_k, plan_conditions
     from corehead.experiments.ablate import ablate as run_ablate
+    from corehead.experiments.study import share
 
     MODES.get(mode)
     with processes(run.num_processes) as shard:
@@ -58,7 +59,7 @@ def ablate(
         kinds = tuple(c.strip() for c in controls.split(",") if c.strip())
         samples = data.load()
         adapter = model.load()
-        total = share(shard, samples, run.batch_size) * len(plan_conditions(chosen, ks, seeds, kinds, user))
+        total = share(samples, run.batch_size, shard) * len(plan_conditions(chosen, ks, seeds, kinds, user))
         with progress("answering under ablations", total) as advance:
             cut = (adapter, samples, chosen, run.folder, ks, seeds, mode, kinds, user, run.batch_size)
             run_ablate(*cut, on_progress=advance, dataset=data.data, shard=shard, heads=str(heads))

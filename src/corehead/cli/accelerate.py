@@ -9,7 +9,7 @@ import typer
 
 from corehead.cli.console import emit_json, log, progress
 from corehead.cli.heads import HeadsOpt, load_headset
-from corehead.cli.launch import processes, share
+from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, ModelOptions, RunOptions, options, run_options
 from corehead.cli.tables import print_acceleration
 from corehead.runfolder import RunFolder
@@ -41,14 +41,17 @@ def accelerate(
     query_agnostic: AgnosticOpt = False,
 ) -> None:
     """Full visual KV only for CoRe heads vs full attention and other methods at the same KV budget."""
+    from corehead.experiments.accelerate import KV_METHODS
     from corehead.experiments.accelerate import accelerate as run_accelerate
+    from corehead.experiments.study import share
 
     chosen = None if methods is None else kv_methods(methods)
     with processes(run.num_processes) as shard:
         headset = load_headset(heads)
         samples = data.load()
         adapter = model.load()
-        with progress("answering with each method", share(shard, samples, 1)) as advance:
+        rows = share(samples, 1, shard) * len(chosen or KV_METHODS.names())  # one per method and sample
+        with progress("answering with each method", rows) as advance:
             compare = (adapter, samples, headset, run.folder, budget, chosen, max_new_tokens)
             run_accelerate(*compare, on_progress=advance, prefill=prefill, query_agnostic=query_agnostic,
                            dataset=data.data, shard=shard)  # fmt: skip

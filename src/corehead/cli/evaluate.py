@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from corehead.cli.console import emit_json, out, progress
-from corehead.cli.launch import processes, share
+from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, ModelOptions, Opt, RunOptions, options, run_options
 from corehead.cli.tables import accuracy_table
 
@@ -16,11 +16,12 @@ RUN = run_options(None, "Write predictions here (JSONL); a rerun resumes it.", 1
 def eval_cmd(model: ModelOptions, data: DataOptions, run: RunOptions) -> None:
     """Task accuracy (exact match of the generated answer) of a model on a dataset."""
     from corehead.experiments.evaluate import evaluate
+    from corehead.experiments.study import share
 
     with processes(run.num_processes) as shard:
         samples = data.load()
         adapter = model.load()
-        mine = len(samples) if run.out is None else share(shard, samples, run.batch_size)
+        mine = len(samples) if run.out is None else share(samples, run.batch_size, shard)
         with progress("answering", mine) as advance:
             result = evaluate(
                 adapter, samples, out=run.out, batch_size=run.batch_size, on_progress=advance, shard=shard

@@ -60,8 +60,3 @@ def placement(device_map: str | None) -> str | dict[str, Any] | None:
     if device_map is None and torch.cuda.is_available():
         return {"": f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"}
     return device_map
-
-
-def share(shard: Any, samples: list[Any], batch_size: int) -> int:
-    """How many of the samples this process works on (for its progress bar)."""
-    return sum(len(b) for b in shard.batches(samples, batch_size))

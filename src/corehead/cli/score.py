@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from corehead.cli.console import emit_json, log, progress
-from corehead.cli.launch import processes, share
+from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, ModelOptions, Opt, RunOptions, options, run_options
 from corehead.cli.tables import print_headset
 from corehead.runfolder import RunFolder
@@ -43,13 +43,14 @@ def score(
 ) -> None:
     """Score every decoder head by Retrieval Attention Mass; write RUN/results and RUN/heads.json."""
     from corehead.experiments.score import ScoreOptions, score_and_select
+    from corehead.experiments.study import share
 
     with processes(run.num_processes) as shard:
         samples = data.load()
         adapter = model.load()
         select = (adapter, samples, run.folder, data.data, query.replace("-", "_"), metric, fraction, count)
         scoring = ScoreOptions(batch_size=run.batch_size, maps=maps)
-        with progress("scoring", share(shard, samples, run.batch_size)) as advance:
+        with progress("scoring", share(samples, run.batch_size, shard)) as advance:
             headset, scored = score_and_select(*select, scoring, advance, shard=shard)
         if scored.fallbacks:
             log(f"{scored.fallbacks} region(s) too small for the overlap threshold fell back to their best cells")

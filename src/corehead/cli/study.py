@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from corehead.cli.accelerate import kv_methods
 from corehead.cli.console import emit_json, log, out, progress
+from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, Group, ModelOptions, Opt, RunOptions, options, run_options
 from corehead.cli.tables import accuracy_table, print_core_heads, print_kv_comparison, print_sweep
 from corehead.runfolder import RunFolder
@@ -64,7 +65,7 @@ RUN = run_options(
     "Run folder (summary.json, report.html, score-*/, ablate-*/, accelerate-*/).",
     32,
     "Samples per batch when answering (evaluation and ablation).",
-).but(num_processes=None)  # the pipeline runs on one process
+)
 DATA_LIMIT = Opt(("--limit",), "Load at most this many samples (all domains together).")
 
 
@@ -74,8 +75,11 @@ def study(model: ModelOptions, data: DataOptions, run: RunOptions, plan: StudyOp
     the held-out samples that follow; writes summary.json and report.html. A rerun resumes."""
     began = time.time()
     settings = plan.pipeline(model.model, data.data, data.seed, run.batch_size)
-    split = held_out(data.load(), plan)
-    summary = run_and_report(model.load(), split, run.folder, settings, began)
+    with processes(run.num_processes) as shard:
+        split = held_out(data.load(), plan)
+        summary = run_and_report(model.load(), split, run.folder, settings, began, shard.main)
+        if not shard.main:
+            return
     show(summary, run.folder, plan, f"{model.model} on {data.data}", run.as_json, "study")
 
 
@@ -104,17 +108,21 @@ def held_out(samples: list[Any], study: StudyOptions) -> Split:
     return Split(scored, test_sets, [s for group in test_sets.values() for s in group])
 
 
-def run_and_report(adapter: Any, split: Split, folder: Path, settings: Any, began: float) -> dict[str, Any]:
-    """Every stage of the study into `folder`, then its report; returns summary.json's content (with the
-    report's path and the wall time of this launch: a rerun resumes, so it is shorter)."""
-    from corehead.experiments.pipeline import SUMMARY
+def run_and_report(
+    adapter: Any, split: Split, folder: Path, settings: Any, began: float, main: bool = True
+) -> dict[str, Any]:
+    """Every stage of the study into `folder` (this process's share of it), then, on the main process, its
+    report; returns summary.json's content (with the report's path and the wall time of this launch: a
+    rerun resumes, so it is shorter)."""
     from corehead.experiments.pipeline import run_pipeline as run_stages
     from corehead.report.html import write_report
 
     summary: dict[str, Any] = run_stages(adapter, *split, folder, settings, progress)
+    if not main:
+        return summary
     summary["report"] = str(write_report([folder], folder / "report.html"))
     summary["wall_s"] = round(time.time() - began, 1)
-    (folder / SUMMARY).write_text(json.dumps(summary, indent=2))
+    RunFolder(folder).study_summary.write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -126,7 +134,7 @@ def show(summary: dict[str, Any], folder: Path, study: StudyOptions, title: str,
         emit_json(summary)
         return
     out.print(accuracy_table(title, summary["by_domain"], summary))
-    headsets = {d: HeadSet.load(RunFolder(folder / f"score-{d}").heads) for d in summary["core_heads"]}
+    headsets = {d: HeadSet.load(RunFolder(folder).stage("score", d).heads) for d in summary["core_heads"]}
     print_core_heads(headsets, study.n_score)
     print_sweep(summary["ablation"], study.n_ablate, study.seeds, study.mode)
     when = "prefill and decode" if study.prefill else "decode"

@@ -25,13 +25,13 @@ from corehead.experiments.ablate import summarize as summarize_ablation
 from corehead.experiments.accelerate import accelerate
 from corehead.experiments.accelerate import summarize as summarize_acceleration
 from corehead.experiments.evaluate import evaluate
+from corehead.experiments.runs import Shard, current_shard
 from corehead.experiments.score import ScoreOptions, score_and_select
 from corehead.experiments.study import share
 from corehead.heads import HeadSet
 from corehead.models.base import ChatAdapter
 from corehead.runfolder import RunFolder
 
-SUMMARY = "summary.json"  # the study's numbers, beside its run folders
 Advance = Callable[..., None]  # advance(n=1)
 Progress = Callable[[str, int], AbstractContextManager[Advance]]  # progress(description, total)
 
@@ -80,11 +80,11 @@ def run_pipeline(
     if missing:
         raise ValueError(f"no test samples for domain(s) {', '.join(missing)}")
     out.mkdir(parents=True, exist_ok=True)
-    with progress("answering", len(eval_samples)) as advance:
-        predictions = out / f"predictions-seed{options.seed}.jsonl"
-        result = evaluate(
-            adapter, eval_samples, predictions, options.eval_batch_size, options.eval_max_new_tokens, advance
-        )
+    shard = current_shard()
+    with progress("answering", share(eval_samples, options.eval_batch_size, shard)) as advance:
+        predictions = RunFolder(out).predictions(options.seed)
+        answering = (options.eval_batch_size, options.eval_max_new_tokens, advance, shard)
+        result = evaluate(adapter, eval_samples, predictions, *answering)
     summary: dict[str, Any] = {
         "model": options.model,
         "data": options.data,
@@ -93,12 +93,13 @@ def run_pipeline(
         "accuracy": result.accuracy,
         "by_domain": result.by_domain(),
     }
-    stages = _Stages(adapter, out, options, progress)
+    stages = _Stages(adapter, out, options, progress, shard)
     heads = {domain: stages.score(domain, chosen) for domain, chosen in score_sets.items()}
     summary["core_heads"] = {domain: headset.selected for domain, headset in heads.items()}
     summary["ablation"] = {d: stages.ablate(d, h, test_sets[d]) for d, h in heads.items()}
     summary["acceleration"] = {d: stages.accelerate(d, h, test_sets[d]) for d, h in heads.items()}
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
+    if shard.main:
+        RunFolder(out).study_summary.write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -110,19 +111,23 @@ class _Stages:
     out: Path
     options: PipelineOptions
     progress: Progress
+    shard: Shard  # this process's part of every stage (experiments/runs.py)
 
     def score(self, domain: str, samples: list[Sample]) -> HeadSet:
         options = self.options
-        with self.progress(f"scoring heads on {domain}", share(samples, ScoreOptions().batch_size)) as advance:
+        with self.progress(
+            f"scoring heads on {domain}", share(samples, ScoreOptions().batch_size, self.shard)
+        ) as advance:
             headset, _ = score_and_select(
                 self.adapter,
                 samples,
-                self.out / f"score-{domain}",
+                RunFolder(self.out).stage("score", domain).path,
                 options.dataset(domain),
                 query=options.query,
                 metric=options.metric,
                 options=ScoreOptions(maps=options.maps),
                 on_progress=advance,
+                shard=self.shard,
             )
         return headset
 
@@ -131,13 +136,13 @@ class _Stages:
         chosen = samples[: options.n_ablate]
         ks = parse_k(options.ks, len(headset.ranking))
         rankings = {f"{headset.metric}:{headset.query}": headset.ranking}
-        total = share(chosen, options.ablate_batch_size) * len(plan_conditions(rankings, ks, options.seeds))
+        total = share(chosen, options.ablate_batch_size, self.shard) * len(plan_conditions(rankings, ks, options.seeds))
         with self.progress(f"ablating heads on {domain}", total) as advance:
             rows = ablate(
                 self.adapter,
                 chosen,
                 rankings,
-                self.out / f"ablate-{domain}",
+                RunFolder(self.out).stage("ablate", domain).path,
                 ks,
                 seeds=options.seeds,
                 mode=options.mode,
@@ -145,24 +150,28 @@ class _Stages:
                 max_new_tokens=options.max_new_tokens,
                 on_progress=advance,
                 dataset=options.dataset(domain),
-                heads=str(RunFolder(self.out / f"score-{domain}").heads),
+                heads=str(RunFolder(self.out).stage("score", domain).heads),
+                shard=self.shard,
             )
         return summarize_ablation(rows)
 
     def accelerate(self, domain: str, headset: HeadSet, samples: list[Sample]) -> list[dict[str, Any]]:
         options = self.options
         chosen = samples[: options.n_accelerate]
-        with self.progress(f"KV compression on {domain}", share(chosen, 1) * len(options.methods)) as advance:
+        with self.progress(
+            f"KV compression on {domain}", share(chosen, 1, self.shard) * len(options.methods)
+        ) as advance:
             rows = accelerate(
                 self.adapter,
                 chosen,
                 headset,
-                self.out / f"accelerate-{domain}",
+                RunFolder(self.out).stage("accelerate", domain).path,
                 options.budget,
                 list(options.methods),
                 max_new_tokens=options.max_new_tokens,
                 on_progress=advance,
                 prefill=options.prefill,
                 dataset=options.dataset(domain),
+                shard=self.shard,
             )
         return summarize_acceleration(rows)

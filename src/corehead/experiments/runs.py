@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from corehead.data.sample import Sample
+from corehead.runfolder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Run:
 
     def __init__(self, out: Path, command: str, settings: dict[str, Any], shard: Shard, info: dict | None = None):
         self.out, self.command, self.shard = out, command, shard
-        self.path = out / "manifest.json"
+        self.path = RunFolder(out).manifest_path
         out.mkdir(parents=True, exist_ok=True)
         old = json.loads(self.path.read_text()) if self.path.exists() else {}
         if old.get("command", command) != command:
