@@ -4,12 +4,13 @@
     python benchmarks/scoring.py --device cuda --dtype bfloat16 --sizes 1024 4096 16384 --repeats 5
 
 One decoder sized like a real layer (hidden 2048, 16 query heads / 4 KV heads of 128, Qwen2-VL text
-model, random weights), fed `n` visual tokens plus a 40-token question; methods interleaved over repeats,
-medians. On the CPU each (method, size, repeat) runs in a fresh process, so peak memory (max RSS) is its
-own; on a GPU all run in one process after a warm-up, timed with synchronisation, and peak memory is the
-allocator's peak during the forward (weights included). Prints the ratios eager / corehead and
-corehead / plain. Eager runs are skipped where their [layers, heads, L, L] weights alone would exceed
---eager-limit-gb.
+model, random weights), fed `n` visual tokens plus a 40-token question; the methods take turns in every
+repeat (the first turn passing from method to method), and every figure is the median of `--repeats` (at
+least 3) repeats printed with its spread {"median", "min", "max"}; a ratio is taken within each repeat. On
+the CPU each (method, size, repeat) runs in a fresh process, so peak memory (max RSS) is its own; on a GPU
+all run in one process after a warm-up, timed with synchronisation, and peak memory is the allocator's
+peak during the forward (weights included). Prints the ratios eager / corehead and corehead / plain.
+Eager runs are skipped where their [layers, heads, L, L] weights alone would exceed --eager-limit-gb.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
+
+from timing import check_repeats, figure, ratio, turns
 
 QUESTION = 40
 LAYERS, HIDDEN, HEADS, KV_HEADS = 2, 2048, 16, 4
@@ -57,8 +59,8 @@ def run_one(method: str, n_visual: int, model=None) -> dict[str, float]:  # type
     length = n_visual + QUESTION
     embeds = (torch.randn(1, length, HIDDEN) * 0.02).to(device, model.dtype)
     rows = torch.arange(n_visual, length)[None]
-    region = torch.zeros(1, n_visual, dtype=torch.bool)
-    region[0, : n_visual // 50] = True
+    region = torch.zeros(1, n_visual)
+    region[0, : max(1, n_visual // 50)] = 1.0
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -69,7 +71,7 @@ def run_one(method: str, n_visual: int, model=None) -> dict[str, float]:  # type
         elif method == "eager":
             out = model(inputs_embeds=embeds, output_attentions=True)
             for attn in out.attentions:  # the common approach: full maps, then reduce
-                attn[0][:, rows[0]][..., :n_visual][..., region[0]].sum(-1).mean(-1)
+                attn[0][:, rows[0]][..., :n_visual][..., region[0] > 0].sum(-1).mean(-1)
         else:
             plan = RowPlan(
                 rows=rows,
@@ -77,8 +79,7 @@ def run_one(method: str, n_visual: int, model=None) -> dict[str, float]:  # type
                 visual=torch.arange(n_visual)[None],
                 valid=torch.ones(1, n_visual, dtype=torch.bool),
                 region=region,
-                distractors=torch.zeros(1, n_visual, dtype=torch.bool),
-                n_distractors=torch.zeros(1, dtype=torch.long),
+                distractors=torch.zeros(1, n_visual),
                 unit_weights=torch.ones(1, n_visual, 1),
             )
 
@@ -114,10 +115,32 @@ def _runner(device: str, dtype: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def measure(run, n: int, repeats: int, eager_limit_gb: float, bytes_per: int) -> dict:  # type: ignore[no-untyped-def]
+    """Every method on n visual tokens, taking turns over repeats: seconds and peak GiB with their spread,
+    and the ratios within each repeat."""
+    length = n + QUESTION
+    need = LAYERS * HEADS * length * length * bytes_per / 2**30  # eager's [layers, heads, L, L] weights
+    methods = ["plain", "corehead", *(["eager"] if need <= eager_limit_gb else [])]
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    for r in range(repeats):
+        for method in turns(methods, r):
+            runs[method].append(run(method, n))
+    got = {m: {k: [x[k] for x in rs] for k in ("seconds", "peak_gib")} for m, rs in runs.items()}
+    row: dict = {"visual_tokens": n, **{f"{m}_{k}": figure(v) for m, d in got.items() for k, v in d.items()}}
+    row["overhead_vs_plain"] = ratio(got["corehead"]["seconds"], got["plain"]["seconds"])
+    if "eager" in got:
+        row["eager_over_corehead_time"] = ratio(got["eager"]["seconds"], got["corehead"]["seconds"])
+        row["eager_over_corehead_memory"] = ratio(got["eager"]["peak_gib"], got["corehead"]["peak_gib"])
+    else:  # a lower bound: the weights eager must hold at once
+        row["eager"] = f"skipped: its attention weights alone need {need:.1f} GiB (> {eager_limit_gb})"
+        row["eager_over_corehead_memory_at_least"] = round(need / max(got["corehead"]["peak_gib"]), 1)
+    return row
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per figure (at least 3)")
     parser.add_argument("--eager-limit-gb", type=float, default=12.0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: every run in one process on the GPU")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and inputs")
@@ -126,6 +149,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]))))
         return
+    check_repeats(parser, args.repeats)
     if args.device == "cpu" and args.dtype != "float32":
         parser.error("--dtype applies to --device cuda; CPU runs are float32")
     run = _runner(args.device, args.dtype)
@@ -135,25 +159,7 @@ def main() -> None:
         print(json.dumps({"device": torch.cuda.get_device_name(), "dtype": args.dtype}), flush=True)
     bytes_per = 4 if args.dtype == "float32" else 2
     for n in args.sizes:
-        length = n + QUESTION
-        methods = ["plain", "corehead"]
-        if LAYERS * HEADS * length * length * bytes_per / 2**30 <= args.eager_limit_gb:
-            methods.append("eager")
-        runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
-        for _ in range(args.repeats):
-            for method in methods:  # interleaved
-                runs[method].append(run(method, n))
-        med = {m: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_gib")} for m, rs in runs.items()}
-        row = {"visual_tokens": n, **{f"{m}_{k}": round(v, 3) for m, d in med.items() for k, v in d.items()}}
-        row["overhead_vs_plain"] = round(med["corehead"]["seconds"] / med["plain"]["seconds"], 2)
-        if "eager" in med:
-            row["eager_over_corehead_time"] = round(med["eager"]["seconds"] / med["corehead"]["seconds"], 2)
-            row["eager_over_corehead_memory"] = round(med["eager"]["peak_gib"] / med["corehead"]["peak_gib"], 2)
-        else:  # a lower bound: the [layers, heads, L, L] float32 weights eager must hold at once
-            need = LAYERS * HEADS * length * length * bytes_per / 2**30
-            row["eager"] = f"skipped: its attention weights alone need {need:.1f} GiB (> {args.eager_limit_gb})"
-            row["eager_over_corehead_memory_at_least"] = round(need / med["corehead"]["peak_gib"], 1)
-        print(json.dumps(row), flush=True)
+        print(json.dumps(measure(run, n, args.repeats, args.eager_limit_gb, bytes_per)), flush=True)
 
 
 if __name__ == "__main__":

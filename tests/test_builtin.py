@@ -51,7 +51,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         ):
             assert (tmp_path / picture).stat().st_size > 1000
         sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
-        assert {("top", 5), ("bottom", 10), ("random-2", 10)} <= set(sweep) and sweep[("top", 5)]["n"] == 3
+        assert {("top", 5), ("bottom", 10), ("random", 10)} <= set(sweep) and sweep[("top", 5)]["n"] == 3
         methods = {r["method"]: r for r in summary["acceleration"][domain]}
         assert set(methods) == {"full", "core", "uniform", "duo", "bottom"} and methods["core"]["n"] == 2
         assert methods["core"]["kv_bytes"] < methods["full"]["kv_bytes"]

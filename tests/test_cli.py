@@ -25,7 +25,7 @@ def sweep_rows() -> list[dict]:
         {"condition": "none", "k": 0, "accuracy": 1.0},
         top,
         {**cut, "condition": "bottom", "k": 5},
-        {**cut, "condition": "random-0", "k": 5},
+        {**cut, "condition": "random", "k": 5, "draws": [{"seed": 0, "accuracy": 0.5}]},
     ]
 
 

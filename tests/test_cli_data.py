@@ -64,8 +64,11 @@ def test_show_synthetic_prints_one_json_object_per_sample() -> None:
             assert {"kind", "source", "width", "height"} <= set(unit)
             assert unit["kind"] == "image"
             assert (unit["width"], unit["height"]) == (synthetic.SCENE_SIZE, synthetic.SCENE_SIZE)
-        for region in [*row["regions"], *row["distractors"]]:
+        for region in row["regions"]:
             assert set(region) == {"unit", "box"}
+        for region in [*row["regions"], *row["distractors"]]:
+            assert set(region) <= {"unit", "box", "object"}
+            assert ("object" in region) == (region in row["distractors"])  # distractors name their object
             assert isinstance(region["unit"], int)
             assert len(region["box"]) == 4
         assert row["answer"] in synthetic.COLOURS

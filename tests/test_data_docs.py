@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -304,13 +305,26 @@ def test_mmlongbench_units_regions_and_unanswerable_items(mmlb_root: Path) -> No
     assert score_answer(revenue, "The answer is 12.") == 1.0
 
 
+def test_scoring_an_unanswerable_question_names_its_document(mmlb_root: Path, tiny_builtin: Any) -> None:
+    """The error a user meets when scoring names the record as samples.json does: doc_id and question."""
+    from corehead.experiments.score_batch import ScoreOptions, score_batch
+
+    unanswerable = by_id(load_dataset(f"mmlongbench-doc:{mmlb_root}"))["mmlongbench-doc-2"]
+    named = """sample 'mmlongbench-doc-2' (doc 'slides.pdf', question "What is the CEO's favourite colour?")"""
+    with pytest.raises(SampleError, match=re.escape(named + ": field 'regions': RAM needs an evidence region")):
+        score_batch(tiny_builtin, [unanswerable], ScoreOptions(), set())
+
+
 def test_mmlongbench_page_cap_and_evidence_beyond_the_document(tmp_path: Path, mmlb_root: Path) -> None:
     with pytest.raises(SampleError, match=r"'mmlongbench-doc-1'.*'evidence_pages': page 3 is beyond max_pages=2"):
         load_dataset(f"mmlongbench-doc:{mmlb_root}?max_pages=2")
     rows = mmlb_rows()
     rows[3]["evidence_pages"] = "[9]"
     root = write_mmlb(tmp_path / "bad", rows)
-    message = r"samples.json\[3\]: sample 'mmlongbench-doc-3': field 'evidence_pages': page 9 is outside the document"
+    message = (  # named by what a user searches samples.json by: the doc_id and the question
+        r"samples.json\[3\]: sample 'mmlongbench-doc-3' \(doc_id 'slides.pdf', question 'What share grew\?'\): "
+        r"field 'evidence_pages': page 9 is outside the document"
+    )
     with pytest.raises(SampleError, match=message):
         load_dataset(f"mmlongbench-doc:{root}")
     report = LoadReport()
@@ -410,6 +424,10 @@ def test_score_and_ablate_run_end_to_end(tmp_path: Path, dataset: str) -> None:
     common = ["--model", "builtin", "--data", spec, "--limit", "2", "--json"]
     scored = json.loads(invoke("--quiet", "score", *common, "--out", str(tmp_path / "run")).stdout)
     assert scored["n"] == 2 and (tmp_path / "run" / "heads.json").exists()
+    record = json.loads((tmp_path / "run" / "heads.json").read_text())["scored"]
+    assert record["dataset"] == spec and record["n"] == 2 and record["seed"] == 0
+    # the loaders end to end on the few samples there are: the scored ones are ablated, knowingly
     ablate = ["--heads", str(tmp_path / "run"), "--k", "1", "--seeds", "1", "--out", str(tmp_path / "ab")]
+    ablate.append("--allow-overlap")
     table = json.loads(invoke("--quiet", "ablate", *common, *ablate).stdout)
     assert table["conditions"] and all(0.0 <= row["accuracy"] <= 1.0 for row in table["conditions"])

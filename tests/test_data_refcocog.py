@@ -121,18 +121,19 @@ def test_one_sample_per_sentence_with_boxes_from_coco_bboxes(root: Path) -> None
     assert first.answer == "[10, 10, 30, 20]"
     assert first.meta == {"domain": "refcocog", "task": "grounding", "ref_id": 1, "ann_id": 1001, "category": "person"}
     # distractors: the image's other annotations but the crowd (1003), the empty (1004) and the outside (1005) one
-    assert first.distractors == [corehead.Region(0, (40.4, 5.25, 50.4, 20.25))]
+    # each its own object, named by its annotation id
+    assert first.distractors == [corehead.Region(0, (40.4, 5.25, 50.4, 20.25), object="1002")]
     other = samples["refcocog-1-12"]  # the same ref's second sentence: same box, its own question
     assert other.question == 'Locate "a person in a red shirt" in the image and give its bounding box.'
     assert other.regions == first.regions and other.answer == first.answer
     dog = samples["refcocog-5-51"]
     assert dog.regions[0].box == pytest.approx((40.4, 5.25, 50.4, 20.25))
     assert dog.answer == "[40, 5, 50, 20]"
-    assert dog.meta["category"] == "dog" and dog.distractors == [corehead.Region(0, (10.0, 10.0, 30.0, 20.0))]
+    assert dog.meta["category"] == "dog" and dog.distractors == [corehead.Region(0, (10.0, 10.0, 30.0, 20.0), "1001")]
     second = samples["refcocog-2-21"]
     assert (second.units[0].width, second.units[0].height) == (64, 48)
     assert second.regions[0].box == (2.0, 4.0, 52.0, 34.0) and second.answer == "[2, 4, 52, 34]"
-    assert second.distractors == [corehead.Region(0, (0.0, 0.0, 64.0, 48.0))]  # a box on the image's edges is inside
+    assert second.distractors == [corehead.Region(0, (0.0, 0.0, 64.0, 48.0), "2002")]  # a box on the edges is inside
     assert second.units[0].load().size == (64, 48)
 
 
@@ -160,7 +161,7 @@ def test_mask_option_uses_the_tight_box_of_the_segmentation(root: Path) -> None:
     # the union of the polygons (10, 10)-(30, 20) and (40, 5)-(50, 15), not the loose bbox (2, 4)-(52, 34)
     assert dog.regions == [corehead.Region(0, (10.0, 5.0, 50.0, 20.0))]
     assert dog.answer == "[10, 5, 50, 20]"
-    assert dog.distractors == [corehead.Region(0, (0.0, 0.0, 64.0, 48.0))]
+    assert dog.distractors == [corehead.Region(0, (0.0, 0.0, 64.0, 48.0), "2002")]
     man = by_id(load_dataset(f"refcocog:{root}?box=mask"))["refcocog-1-11"]
     assert man.regions[0].box == (10.0, 10.0, 30.0, 20.0)
 
@@ -296,9 +297,12 @@ def test_score_and_ablate_end_to_end_with_the_builtin_model(root: Path, tmp_path
     heads = json.loads((tmp_path / "run" / "heads.json").read_text())
     assert (heads["dataset"], heads["n_samples"]) == (f"refcocog:{root}?split=val", 2)
     assert len(heads["selected"]) >= 1
+    assert heads["scored"]["n"] == 2 and heads["regions"] == 2 and heads["fallback_rate"] is not None
+    # held out by construction: all 4 val samples, less the 2 scored ones
     args = ["--heads", str(tmp_path / "run"), "--k", "1", "--seeds", "1", "--out", str(tmp_path / "ab"), "--json"]
-    done = invoke("--quiet", "ablate", *common, *args)
+    done = invoke("--quiet", "ablate", *common[:-1], "4", *args)
     table = {(r["condition"], r["k"]): r for r in json.loads(done.stdout)["conditions"]}
-    assert {("none", 0), ("top", 1), ("bottom", 1), ("random-0", 1)} <= set(table)
+    assert {("none", 0), ("top", 1), ("bottom", 1), ("random", 1), ("random-layer-matched", 1)} <= set(table)
+    assert json.loads(done.stdout)["held_out"]["excluded"] == 2
     assert all(r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0 for r in table.values())
     assert (tmp_path / "ab" / "ablation.json").exists()

@@ -150,7 +150,7 @@ def test_vidstg_frames_regions_and_distractors(vidstg: Path) -> None:
     assert [shown_index(u) for u in first.units] == [u.frame for u in first.units]
     # GT [6, 10): frames 6 and 8 are inside, 10 is not; the adult has no box on frame 8
     assert [(r.unit, r.box) for r in first.regions] == [(2, tuple(map(float, adult_box(6))))]
-    assert [(r.unit, r.box) for r in first.distractors] == [(2, (40.0, 4.0, 64.0, 44.0))]
+    assert [(r.unit, r.box, r.object) for r in first.distractors] == [(2, (40.0, 4.0, 64.0, 44.0), "1")]  # the dog
     assert first.question == "who is next to the dog?"
     assert first.answer == "adult"
     assert first.meta == {
@@ -164,7 +164,7 @@ def test_vidstg_frames_regions_and_distractors(vidstg: Path) -> None:
     dog = samples["vidstg-1111-q1"]
     assert dog.answer == "dog"
     assert [r.unit for r in dog.regions] == [2, 3]  # the dog has a box on both GT frames
-    assert [r.unit for r in dog.distractors] == [2]  # the adult only on frame 6
+    assert [(r.unit, r.object) for r in dog.distractors] == [(2, "0")]  # the adult (tid 0) only on frame 6
 
 
 def test_vidstg_gt_ending_at_the_last_frame(vidstg: Path) -> None:
@@ -391,8 +391,11 @@ def test_mlvu_bad_input(mlvu: Path) -> None:
     assert len(report.skipped) == 3
     skipped = " | ".join(report.skipped)
     assert "4_count.json" in skipped and "invalid JSON" in skipped
-    assert "'mlvu-plotQA-1': field 'answer'" in skipped
-    assert "'mlvu-needle-0': field 'video'" in skipped and "unreadable video" in skipped
+    # named by its place in the task file, its video and its question
+    named = "json/1_plotQA.json[1]: sample 'mlvu-plotQA-1' (video 'movie.mp4', question 'What colour is the sky?')"
+    assert f"{named}: field 'answer'" in skipped
+    needle = "sample 'mlvu-needle-0' (video 'needle.mp4', question 'What is hidden?'): field 'video'"
+    assert needle in skipped and "unreadable video" in skipped
     with pytest.raises(SampleError, match="invalid JSON"):
         list(load_mlvu(mlvu, {}))
 
@@ -418,10 +421,12 @@ def test_cli_score_and_ablate_vidstg_with_the_builtin_model(vidstg: Path, tmp_pa
         "--quiet", "score", "--model", "builtin", "--data", spec, "--limit", "2", "--out", str(run), "--json"
     )
     assert json.loads(scored.output)["n"] == 2 and (run / "heads.json").exists()
-    args = ["--data", spec, "--limit", "2", "--heads", str(run), "--k", "1", "--seeds", "1"]
+    assert json.loads((run / "heads.json").read_text())["scored"]["n"] == 2
+    # held out by construction: the 4 questions, less the 2 scored ones
+    args = ["--data", spec, "--limit", "4", "--heads", str(run), "--k", "1", "--seeds", "1"]
     ablated = invoke("--quiet", "ablate", "--model", "builtin", *args, "--out", str(tmp_path / "ab"), "--json")
     conditions = json.loads(ablated.output)["conditions"]
-    assert {c["condition"] for c in conditions} == {"none", "top", "bottom", "random-0"}
+    assert {c["condition"] for c in conditions} == {"none", "top", "bottom", "random", "random-layer-matched"}
     assert all(c["n"] == 2 for c in conditions)
 
 

@@ -1,9 +1,11 @@
-"""The hybrid KV cache: exact at full budget, really smaller, right positions in decode, the selector's tokens."""
+"""The hybrid KV cache: exact at full budget, really smaller, right positions in decode, the selector's tokens;
+accelerate's KV methods and its paired summary."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -239,7 +241,8 @@ def test_recording_inside_a_hybrid_context_is_refused(tiny_builtin: QwenVLAdapte
     sample = make_sample("scenes", 1, 0)
     encoded = [tiny_builtin.encode(sample)]
     batch = tiny_builtin.collate(encoded)
-    plan = plan_rows(encoded, encoded[0].length, [[0]], [[]], [0])
+    region = np.eye(len(encoded[0].token_map))[0]  # the first visual token
+    plan = plan_rows(encoded, encoded[0].length, [region])
     model = tiny_builtin.model
     with torch.no_grad(), hybrid(model, [], budget=0.5), record(plan), pytest.raises(ValueError, match="record"):
         model.generate(**batch, max_new_tokens=1, do_sample=False)
@@ -284,3 +287,56 @@ def test_selectors_are_a_registry() -> None:
 
     assert SELECTORS.names() == ("snap", "merge", "recent", "last")
     assert [SELECTORS.get(name).keeps_tokens for name in SELECTORS.names()] == [True, False, True, True]
+
+
+def _rows(method: str, correct: list[list[int]]) -> list[dict]:
+    """accelerate.jsonl rows of one method: `correct` [draws][samples] (one draw: not a drawn method)."""
+    drawn = len(correct) > 1
+    return [
+        {"method": method, "draw": d if drawn else None, "draw_seed": 10 + d if drawn else None, "id": f"s{i}",
+         "correct": bool(c), "visual_kv_share": 0.5, "prefill_s": 1.0, "decode_s_per_token": 0.1, "kv_bytes": 5.0,
+         "kv_bytes_full": 10.0, "peak_memory_bytes": None}
+        for d, answers in enumerate(correct)
+        for i, c in enumerate(answers)
+    ]  # fmt: skip
+
+
+def test_accelerate_summary_pairs_by_sample_and_resamples_draws() -> None:
+    """Differences to full and core are paired by sample (a random draw's by sample and draw); a drawn
+    method's interval includes the spread of its draws; p matches the exact sign-flip test."""
+    from corehead.experiments.accelerate import summarize
+
+    rows = _rows("full", [[1, 1, 1, 1, 1, 0]]) + _rows("core", [[0, 0, 0, 0, 0, 0]])
+    rows += _rows("random", [[1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    table = {t["method"]: t for t in summarize(rows)}
+    assert set(table["full"]["paired"]) == {"core"} and set(table["core"]["paired"]) == {"full"}
+    core = table["core"]["paired"]["full"]
+    assert core["delta"] == pytest.approx(-5 / 6) and core["n"] == 6
+    assert core["p"] == pytest.approx(2 / 2**5, abs=0.01)  # 5 equal non-zero differences: exact p = 2 / 32
+    random = table["random"]
+    assert random["accuracy"] == pytest.approx(0.5) and random["n"] == 6
+    assert [(d["draw"], d["seed"], d["accuracy"]) for d in random["draws"]] == [(0, 10, 1.0), (1, 11, 0.0)]
+    assert random["accuracy_ci"] == [0.0, 1.0]  # every sample agrees within a draw: the width is the draws'
+    assert random["paired"]["core"]["delta"] == pytest.approx(0.5)
+    assert random["paired"]["full"]["delta"] == pytest.approx((1 / 6 - 5 / 6) / 2)
+    assert random["paired"]["core"]["ci"] == [0.0, 1.0] and "p_with_draws" in random["paired"]["core"]
+    assert table["core"]["accuracy_vs_full"] == 0.0 and table["core"]["kv_bytes_vs_full"] == 1.0
+
+
+def test_random_kv_heads_are_drawn_outside_the_core_ones() -> None:
+    from corehead.experiments.kv_methods import KVBudget, plan_method
+    from corehead.models.shape import ModelShape
+
+    shape = ModelShape(n_layers=3, n_heads=8, n_kv_heads=4, head_dim=8)
+    core = frozenset({(0, 1), (1, 2), (2, 0), (2, 3)})
+    whole = set()
+    for seed in range(50):
+        kv = KVBudget(shape, core, np.zeros((3, 4)), 0.1, 0.4, seed, False)
+        plan = plan_method("random", kv)
+        full = {head for head in shape.kv_heads() if head not in plan.budgets}
+        assert len(full) == len(core) and not full & core
+        whole |= full
+    assert whole == set(shape.kv_heads()) - core  # every other KV head is drawn at some seed
+    crowded = KVBudget(shape, frozenset(shape.kv_heads()[:7]), np.zeros((3, 4)), 0.1, 0.6, 0, False)
+    with pytest.raises(ValueError, match="leaving 5 to draw as many from"):
+        plan_method("random", crowded)

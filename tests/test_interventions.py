@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corehead.attention.interventions import AttentionKnockout, HeadAblation, decoder_layers, head_means
+from corehead.attention.interventions import (
+    TEXT,
+    VISUAL,
+    AttentionKnockout,
+    HeadAblation,
+    decoder_layers,
+    head_means,
+)
 from corehead.data.synthetic import make_sample
+from corehead.experiments.modes import visual_positions
 from corehead.models.qwen_vl import QwenVLAdapter
 
 
@@ -29,13 +37,15 @@ def _o_proj_inputs(model, batch) -> list[torch.Tensor]:
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_ablation_changes_exactly_the_targeted_heads(qwen_family: QwenVLAdapter, mode: str) -> None:
     model = qwen_family.model
-    batch = qwen_family.collate([qwen_family.encode(make_sample(d, 1, 0)) for d in ("scenes", "clips")])
+    encoded = [qwen_family.encode(make_sample(d, 1, 0)) for d in ("scenes", "clips")]
+    batch = qwen_family.collate(encoded)
+    visual = visual_positions(encoded)
     text = model.config.get_text_config()
     dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     targets = ((1, 0), (1, 2), (0, 3))
-    means = head_means(model, [batch]) if mode == "mean" else {}
+    means = head_means(model, [(batch, visual)]) if mode == "mean" else {}
     base = _o_proj_inputs(model, batch)
-    with HeadAblation(targets, mode=mode, means=means).apply(model):
+    with HeadAblation(targets, mode=mode, means=means, visual=visual).apply(model):
         cut = _o_proj_inputs(model, batch)
     after = _o_proj_inputs(model, batch)  # hooks are gone on exit
     assert all(torch.equal(a, b) for a, b in zip(base, after, strict=True))
@@ -45,23 +55,41 @@ def test_ablation_changes_exactly_the_targeted_heads(qwen_family: QwenVLAdapter,
         y = cut[layer].view(*cut[layer].shape[:2], -1, dim)
         hit = [h for lay, h in targets if lay == layer]
         rest = [h for h in range(x.shape[2]) if h not in hit]
-        want = torch.zeros_like(y[..., hit, :]) if mode == "zero" else means[layer][hit].expand_as(y[..., hit, :])
+        if mode == "zero":
+            want = torch.zeros_like(y[..., hit, :])
+        else:  # the visual mean at visual positions, the text mean elsewhere
+            text_mean, visual_mean = means[layer][TEXT][hit], means[layer][VISUAL][hit]
+            want = torch.where(visual[..., None, None], visual_mean, text_mean)
         assert torch.allclose(y[..., hit, :], want, atol=1e-6)
         if layer == 0:  # before any ablated layer's output is used, the other heads are untouched
             assert torch.equal(y[..., rest, :], x[..., rest, :])
     assert not torch.allclose(base[-1][real], cut[-1][real], atol=1e-4)
 
 
-def test_head_means_are_means_over_real_tokens(tiny_builtin: QwenVLAdapter) -> None:
+def test_head_means_are_means_over_real_tokens_of_each_type(tiny_builtin: QwenVLAdapter) -> None:
+    """Two reference batches (one padded): per head, the mean over all their real text tokens and the mean
+    over all their real visual tokens, which differ (one mean over all positions would mix them)."""
     model = tiny_builtin.model
-    batch = tiny_builtin.collate([tiny_builtin.encode(make_sample(d, 2, 0)) for d in ("scenes", "pages")])
-    means = head_means(model, [batch])
-    inputs = _o_proj_inputs(model, batch)
-    real = batch["attention_mask"].bool()
+    batches = []
+    for pair in (("scenes", "pages"), ("clips",)):
+        encoded = [tiny_builtin.encode(make_sample(d, 2, 0)) for d in pair]
+        batches.append((tiny_builtin.collate(encoded), visual_positions(encoded)))
+    means = head_means(model, batches)
     dim = model.config.get_text_config().head_dim
+    seen: dict[int, list[list[torch.Tensor]]] = {}  # layer -> [text tokens, visual tokens] of every batch
+    for batch, visual in batches:
+        inputs = _o_proj_inputs(model, batch)
+        real = batch["attention_mask"].bool()
+        for layer in means:
+            x = inputs[layer].view(*real.shape, -1, dim)
+            parts = seen.setdefault(layer, [[], []])
+            parts[TEXT].append(x[real & ~visual])
+            parts[VISUAL].append(x[real & visual])
     for layer, mean in means.items():
-        x = inputs[layer][real].view(int(real.sum()), -1, dim)
-        assert torch.allclose(mean, x.mean(0), atol=1e-6)
+        assert mean.shape == (2, model.config.get_text_config().num_attention_heads, dim)
+        for kind in (TEXT, VISUAL):
+            assert torch.allclose(mean[kind], torch.cat(seen[layer][kind]).mean(0), atol=1e-6)
+        assert not torch.allclose(mean[TEXT], mean[VISUAL], atol=1e-3)
 
 
 def test_bad_ablations_are_refused(tiny_builtin: QwenVLAdapter) -> None:
@@ -74,6 +102,14 @@ def test_bad_ablations_are_refused(tiny_builtin: QwenVLAdapter) -> None:
         pass
     with pytest.raises(ValueError, match="needs head means"):
         HeadAblation(((0, 1),), mode="mean")
+    batch = tiny_builtin.collate([tiny_builtin.encode(make_sample("scenes", 2, 0))])
+    means = {0: torch.zeros(2, 4, tiny_builtin.model.config.get_text_config().head_dim)}
+    with (
+        pytest.raises(ValueError, match="needs the batch's visual positions"),
+        HeadAblation(((0, 1),), mode="mean", means=means).apply(tiny_builtin.model),
+        torch.no_grad(),
+    ):
+        tiny_builtin.model(**batch)
 
 
 def test_knockout_of_visual_keys_equals_a_masked_eager_model() -> None:

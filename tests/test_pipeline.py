@@ -23,6 +23,7 @@ def test_registries_list_every_mode_and_method_in_order() -> None:
 
 def test_pipeline_writes_the_single_commands_folders_and_a_summary(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
     by_domain = {d: list(generate(d, 3, seed=4)) for d in ("scenes", "pages")}
+    tests = {d: list(generate(d, 2, seed=5)) for d in by_domain}  # held out: never scored on
     seen: list[tuple[str, int, int]] = []
 
     @contextmanager
@@ -37,7 +38,7 @@ def test_pipeline_writes_the_single_commands_folders_and_a_summary(tiny_builtin:
 
     options = PipelineOptions(model="tiny", n_ablate=2, n_accelerate=1, seeds=1, methods=("full", "core"), maps=1)
     eval_samples = [s for group in by_domain.values() for s in group]
-    summary = run_pipeline(tiny_builtin, by_domain, by_domain, eval_samples, tmp_path, options, progress)
+    summary = run_pipeline(tiny_builtin, by_domain, tests, eval_samples, tmp_path, options, progress)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert list(summary) == [
         "model",
@@ -66,5 +67,5 @@ def test_pipeline_writes_the_single_commands_folders_and_a_summary(tiny_builtin:
         assert acc.read_summary("accelerate")["methods"] == summary["acceleration"][domain]
         assert ab.figure("ablate").read_bytes()[:4] == acc.figure("accelerate").read_bytes()[:4] == b"\x89PNG"
         assert ab.manifest()["dataset"] == acc.manifest()["dataset"] == f"synthetic:{domain}"
-    again = run_pipeline(tiny_builtin, by_domain, by_domain, eval_samples, tmp_path, options, progress)
+    again = run_pipeline(tiny_builtin, by_domain, tests, eval_samples, tmp_path, options, progress)
     assert again == summary  # resumed: every row read back (timings included), nothing redone

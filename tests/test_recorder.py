@@ -10,12 +10,14 @@ from corehead.attention.recorder import ROW_GROUPS, decoder_attention, plan_rows
 from corehead.data.sample import Sample
 from corehead.data.synthetic import DOMAINS, make_sample
 from corehead.metrics.ram import STATS
-from corehead.models.base import ChatAdapter, sample_region_tokens
+from corehead.models.base import ChatAdapter, Encoded, VisualTokenMap, sample_region_tokens
 from corehead.models.qwen_vl import QwenVLAdapter
+from corehead.models.regions import distractor_weights, region_weights
 
 
-def _reference(attn: np.ndarray, rows: np.ndarray, vis: np.ndarray, region: set, dist: set, n_dist: int) -> list:
-    """Stats of one head from a full [L, L] eager attention matrix, written out plainly."""
+def _reference(attn: np.ndarray, rows: np.ndarray, vis: np.ndarray, region: set, objects: list[set]) -> list:
+    """Stats of one head from a full [L, L] eager attention matrix, written out plainly; `objects` holds the
+    token set of each distractor object (distractor mass: the mean over objects of each one's mass)."""
     amap = attn[rows].mean(axis=0)[vis] if len(rows) else np.zeros(len(vis))
     ram = sum(amap[i] for i in region)
     visual = amap.sum()
@@ -24,8 +26,29 @@ def _reference(attn: np.ndarray, rows: np.ndarray, vis: np.ndarray, region: set,
     p = amap / max(visual, 1e-12)
     entropy = -sum(x * np.log(x) for x in p if x > 0)
     top_in = float(int(np.argmax(amap)) in region)
-    d = sum(amap[i] for i in dist) / max(n_dist, 1)
+    d = float(np.mean([sum(amap[i] for i in obj) for obj in objects])) if objects else 0.0
     return [ram, visual, share, lift, entropy, top_in, d, ram - d]
+
+
+def _object_tokens(sample: Sample, token_map: VisualTokenMap) -> list[set]:
+    """The token set of each distractor object: the union over its regions (same `object`) of their tokens."""
+    by_object: dict[object, set] = {}
+    for k, region in enumerate(sample.distractors):
+        tokens, _ = token_map.region_tokens(region)
+        by_object.setdefault(region.object if region.object is not None else k, set()).update(tokens.tolist())
+    return list(by_object.values())
+
+
+def _query_rows(e: Encoded) -> dict[str, np.ndarray]:
+    """Each query group's rows, written independently of the recorder: 'all' is the contiguous text from
+    the question's first token through the gold answer (question, assistant turn opening, answer)."""
+    last = e.answer[-1] if len(e.answer) else e.prompt_end
+    return {
+        "all": np.arange(e.question[0], last + 1),
+        "question": e.question,
+        "prompt_end": np.array([e.prompt_end]),
+        "answer": e.answer,
+    }
 
 
 def test_recorded_stats_equal_eager_attention(qwen_family: QwenVLAdapter) -> None:
@@ -38,9 +61,9 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
     encoded = [adapter.encode(s, answer=True) for s in samples]
     batch = adapter.collate(encoded)
     width = batch["input_ids"].shape[1]
-    regions = [sample_region_tokens(s, e.token_map).indices for s, e in zip(samples, encoded, strict=True)]
-    dists = [sample_region_tokens(s, e.token_map, s.distractors).indices for s, e in zip(samples, encoded, strict=True)]
-    plan = plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples])
+    regions = [region_weights(s, e.token_map).weights for s, e in zip(samples, encoded, strict=True)]
+    dists = [distractor_weights(s, e.token_map).weights for s, e in zip(samples, encoded, strict=True)]
+    plan = plan_rows(encoded, width, regions, dists)
     plan.keep_maps = True
     with torch.no_grad():
         plain = model(**batch).logits
@@ -57,9 +80,10 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
     assert sorted(plan.stats) == list(range(n_layers))
     for b, (e, s) in enumerate(zip(encoded, samples, strict=True)):
         shift = width - e.length
-        after = np.arange(int(e.token_map.positions.max()) + 1, e.length)
-        groups = {"all": after, "question": e.question, "prompt_end": np.array([e.prompt_end]), "answer": e.answer}
+        groups = _query_rows(e)
         tm = e.token_map
+        region = set(sample_region_tokens(s, tm).indices.tolist())
+        objects = _object_tokens(s, tm)
         for layer in range(n_layers):
             attn = eager.attentions[layer][b].double().numpy()
             for h in range(attn.shape[0]):
@@ -72,14 +96,7 @@ def _check_against_eager(adapter: ChatAdapter, samples: list[Sample]) -> None:
                         per_unit[tm.units[j] : tm.units[j] + tm.spans[j]] += amap[j] / tm.spans[j]
                     got_units = plan.stats[layer][b, h, g, len(STATS) : len(STATS) + len(s.units)].double().numpy()
                     np.testing.assert_allclose(got_units, per_unit, atol=1e-6, err_msg=f"unit mass b{b} l{layer} h{h}")
-                    want = _reference(
-                        attn[h],
-                        groups[name] + shift,
-                        e.token_map.positions + shift,
-                        set(regions[b].tolist()),
-                        set(dists[b].tolist()),
-                        len(s.distractors),
-                    )
+                    want = _reference(attn[h], rows, tm.positions + shift, region, objects)
                     got = plan.stats[layer][b, h, g, : len(STATS)].double().numpy()
                     np.testing.assert_allclose(
                         got, want, rtol=1e-5, atol=1e-5, err_msg=f"{STATS} b{b} l{layer} h{h} {name}"
@@ -130,7 +147,7 @@ def test_generated_rows_equal_eager_attention_during_generate(tiny_qwen2_vl: Qwe
         tokens = generated[b].tolist()
         answer_len = tokens.index(adapter.end_token) if adapter.end_token in tokens else len(tokens)
         region = set(sample_region_tokens(s, e.token_map).indices.tolist())
-        dist = set(sample_region_tokens(s, e.token_map, s.distractors).indices.tolist())
+        objects = _object_tokens(s, e.token_map)
         vis = e.token_map.positions + width - e.length
         for layer in range(model.config.get_text_config().num_hidden_layers):
             for h in range(model.config.get_text_config().num_attention_heads):
@@ -140,8 +157,7 @@ def test_generated_rows_equal_eager_attention_during_generate(tiny_qwen2_vl: Qwe
                         np.array([0]),
                         vis,
                         region,
-                        dist,
-                        len(s.distractors),
+                        objects,
                     )
                     for t in range(1, min(answer_len + 1, len(out.attentions)))
                 ]

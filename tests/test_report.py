@@ -29,7 +29,7 @@ EVIL_ID = "<img src=x onerror=alert(2)>-00000"
 
 def build_study(root: Path, adapter: QwenVLAdapter) -> Path:
     """Scoring (maps for 2 samples, one with a hostile id and question), a second scoring run, an ablation
-    and an acceleration run under `root` (each writes its summary: ablation.json, accelerate.json); returns the
+    (on held-out samples) and an acceleration run under `root` (each writes its summary: ablation.json, accelerate.json); returns the
     report."""
     samples = list(synthetic.generate("all", 6, seed=1))
     samples[0] = dataclasses.replace(samples[0], id=EVIL_ID, question=EVIL_QUESTION)
@@ -37,8 +37,9 @@ def build_study(root: Path, adapter: QwenVLAdapter) -> Path:
     evaluate(adapter, samples[:2], out=root / "run" / "answers.jsonl", max_new_tokens=2)
     score_and_select(adapter, samples[3:], root / "run2", "synthetic:all", query="question")
     heads = str(root / "run" / "heads.json")
-    ablate.ablate(adapter, samples, headset, root / "ab", [1, 2], seeds=2, max_new_tokens=2, heads=heads)
-    accelerate.accelerate(adapter, samples[:3], headset, root / "acc", 0.1, ["full", "core", "uniform"], 2)
+    tested = [samples[1], *synthetic.generate("all", 4, seed=2)]  # one of them scored on: held out
+    ablate.ablate(adapter, tested, headset, root / "ab", [1, 2], seeds=2, max_new_tokens=2, heads=heads)
+    accelerate.accelerate(adapter, tested[1:4], headset, root / "acc", 0.1, ["full", "core", "uniform"], 2)
     return write_report([root], root / "report.html")
 
 
@@ -71,7 +72,7 @@ def test_heat_map_and_head_statistics_are_the_runs_numbers(study: Path) -> None:
     assert len(re.findall(r"<td[^>]*data-l=", grid.group(1))) == headset.n_layers * headset.n_heads
     assert len(re.findall(r'<td class="core"', grid.group(1))) == len(headset.selected)
     table = pq.read_table(study.parent / "run" / "results").to_pylist()
-    lift = [r["lift"] for r in table if r["query"] == "all" and (r["layer"], r["head"]) == (1, 2)]
+    lift = [r["lift"] for r in table if r["query"] == headset.query and (r["layer"], r["head"]) == (1, 2)]
     assert run["stats"]["lift"][1][2] == pytest.approx(np.mean(lift), rel=1e-6)
     layer, head = headset.ranking[0]
     assert table_rows(page, "num")[0][:5] == ["1", str(layer), str(head), str(head // headset.groups),
@@ -95,9 +96,14 @@ def test_ablation_and_acceleration_tables_are_the_json_rows(study: Path) -> None
     page = study.read_text()
     conditions = json.loads((study.parent / "ab" / "ablation.json").read_text())["conditions"]
     shown = table_rows(page, "ablation")
-    assert [(r[1], r[2], r[4]) for r in shown] == [
-        (c["condition"], str(c["k"]), f"{c['accuracy']:.3f}") for c in conditions
+    assert [(r[1], r[2], r[4], r[5]) for r in shown] == [
+        (c["condition"], str(c["k"]), str(len(c.get("draws", []))), f"{c['accuracy']:.3f}") for c in conditions
     ]
+    assert [r[8] for r in shown] == [f"{c['p_holm']:.3g}" if "p_holm" in c else "n/a" for c in conditions]
+    tops = [(r, c) for r, c in zip(shown, conditions, strict=True) if c["condition"] == "top"]
+    assert tops and all(r[10].startswith(f"{c['vs_random']:+.3f} [") for r, c in tops)
+    assert all(r[10].endswith(f"p={c['vs_random_p_holm']:.2g}") for r, c in tops)
+    assert "held out: yes (1 scored sample(s) excluded)" in page
     methods = json.loads((study.parent / "acc" / "accelerate.json").read_text())["methods"]
     shown = table_rows(page, "acceleration")
     assert [r[0] for r in shown] == ["full", "core", "uniform"]
@@ -189,10 +195,16 @@ def test_wall_time_and_the_ablation_curves_drawn_are_the_runs_numbers(study: Pat
     assert re.fullmatch(r"\d+s|\d+m\d\ds", wall), wall
     conditions = json.loads((root / "ab" / "ablation.json").read_text())["conditions"]
     series = ablation_series(conditions)
-    assert sorted(series) == ["bottom (ram:all)", "random (mean)", "top (ram:all)"]
+    ranking = next(c["ranking"] for c in conditions if c["condition"] == "top")
+    names = ("bottom", "random", "random-layer-matched", "top")
+    assert sorted(series) == [f"{name} ({ranking})" for name in names]
     top = [c for c in conditions if c["condition"] == "top"]
-    assert series["top (ram:all)"]["k"] == [1, 2]
-    assert series["top (ram:all)"]["delta_logprob"] == [c["delta_logprob"] for c in top]
-    assert series["top (ram:all)"]["delta_logprob_ci"] == [c["delta_logprob_ci"] for c in top]
-    randoms = [c["delta_logprob"] for c in conditions if c["condition"].startswith("random-") and c["k"] == 2]
-    assert len(randoms) == 2 and series["random (mean)"]["delta_logprob"][1] == pytest.approx(np.mean(randoms))
+    assert series[f"top ({ranking})"]["k"] == [1, 2]
+    assert series[f"top ({ranking})"]["delta_logprob"] == [c["delta_logprob"] for c in top]
+    assert series[f"top ({ranking})"]["delta_logprob_ci"] == [c["delta_logprob_ci"] for c in top]
+    random = next(c for c in conditions if c["condition"] == "random" and c["k"] == 2)
+    draws = [d["delta_logprob"] for d in random["draws"]]  # the curve is the mean over the draws
+    assert len(draws) == 2 and series[f"random ({ranking})"]["delta_logprob"][1] == pytest.approx(np.mean(draws))
+    full = next(c["accuracy"] for c in conditions if c["condition"] == "none")
+    low, high = random["delta_accuracy_ci"]  # its band: the interval over samples and draws
+    assert series[f"random ({ranking})"]["accuracy_ci"][1] == pytest.approx([full + low, full + high])

@@ -108,14 +108,37 @@ def test_two_processes_score_and_ablate_like_one(tmp_path: Path) -> None:
     assert manifest["processes"] == 2 and manifest["complete"] and manifest["done"] == {"samples": 9, "of": 9}
     assert manifest["wall_s"] > 0 and manifest["finished"] >= manifest["started"]
 
-    ablation = ["--heads", str(tmp_path / "one"), *common[:4], "--k", "2", "--seeds", "1", "--batch-size", "3"]
+    held_out = ["--seed", "1"]  # tested on other samples than those scored
+    ablation = [
+        "--heads",
+        str(tmp_path / "one"),
+        *common[:4],
+        *held_out,
+        "--k",
+        "2",
+        "--seeds",
+        "1",
+        "--batch-size",
+        "3",
+    ]
+    ablation += ["--controls", "bottom,random"]
     _single("ablate", *ablation, "--out", str(tmp_path / "ab1"))
     _run("ablate", *ablation, "--out", str(tmp_path / "ab2"), "--num-processes", "2")
     one, two = ((tmp_path / d / "ablation.jsonl").read_text() for d in ("ab1", "ab2"))
     assert one == two and len(two.splitlines()) == 9 * 4  # the same rows in the same order: none, top, bottom, random
     assert not list((tmp_path / "ab2").glob("ablation.r*.jsonl"))  # per-rank files merged away
 
-    kv = ["--heads", str(tmp_path / "one"), "--data", "synthetic:all", "--limit", "4", "--methods", "full,core"]
+    kv = [
+        "--heads",
+        str(tmp_path / "one"),
+        "--data",
+        "synthetic:all",
+        *held_out,
+        "--limit",
+        "4",
+        "--methods",
+        "full,core",
+    ]
     _single("accelerate", *kv, "--max-new-tokens", "3", "--out", str(tmp_path / "kv1"))
     _run("accelerate", *kv, "--max-new-tokens", "3", "--out", str(tmp_path / "kv2"), "--num-processes", "2")
     untimed = ("id", "method", "prediction", "correct", "kv_bytes", "kv_bytes_full", "visual_kv_share")
@@ -172,5 +195,6 @@ def test_changed_settings_and_another_command_are_refused(tmp_path: Path) -> Non
     assert runner.invoke(app, ["--quiet", "score", *common]).exit_code == 0
     other = runner.invoke(app, ["--quiet", "score", *common, "--maps", "1"])
     assert other.exit_code != 0 and "other settings (options was" in str(other.exception)
-    wrong = runner.invoke(app, ["--quiet", "ablate", "--heads", str(tmp_path / "run"), *common, "--k", "1"])
+    other_samples = [*common, "--seed", "1"]  # held out, so the folder check is what refuses
+    wrong = runner.invoke(app, ["--quiet", "ablate", "--heads", str(tmp_path / "run"), *other_samples, "--k", "1"])
     assert wrong.exit_code != 0 and "holds a score run" in str(wrong.exception)

@@ -146,3 +146,69 @@ def test_unit_masses_and_maps_are_written_per_sample(tiny_builtin: QwenVLAdapter
             assert ram[row["layer"], row["head"], 1] == pytest.approx(row["ram"], abs=2e-3)  # float16 maps
     with pytest.raises(KeyError, match="no maps for sample"):
         RunFolder(tmp_path).load_maps(samples[2].id)
+
+
+def _fell_back(sample_regions, token_map, min_overlap: float) -> int:
+    """How many regions no cell of their unit has `min_overlap` of its area inside, written out."""
+    count = 0
+    for region in sample_regions:
+        best = 0.0
+        for j in np.flatnonzero(token_map.covers_unit(region.unit)):
+            x0, y0, x1, y1 = token_map.cells[j]
+            bx0, by0, bx1, by1 = region.box
+            inside = max(0.0, min(x1, bx1) - max(x0, bx0)) * max(0.0, min(y1, by1) - max(y0, by0))
+            best = max(best, inside / ((x1 - x0) * (y1 - y0)))
+        count += best < min_overlap
+    return count
+
+
+def test_headset_records_its_samples_and_fallbacks(tiny_builtin: QwenVLAdapter, tmp_path: Path) -> None:
+    """heads.json says what was scored (ids, digest, dataset, seed) and how many regions fell back, the same
+    after a resumed run; the manifest has the counts too; files without them still load."""
+    import hashlib
+
+    from corehead.experiments.score import score_and_select
+    from corehead.runfolder import RunFolder
+
+    samples = list(generate("all", 6, seed=5))
+    options = ScoreOptions(batch_size=2, min_overlap=0.8)
+    score_and_select(tiny_builtin, samples[:2], tmp_path, "synthetic:all", options=options, seed=5)  # interrupted
+    headset, run = score_and_select(tiny_builtin, samples, tmp_path, "synthetic:all", options=options, seed=5)
+    maps = [tiny_builtin.encode(s).token_map for s in samples]
+    fell = sum(_fell_back(s.regions, m, 0.8) for s, m in zip(samples, maps, strict=True))
+    fell_d = sum(_fell_back(s.distractors, m, 0.8) for s, m in zip(samples, maps, strict=True))
+    n_regions, n_dist = sum(len(s.regions) for s in samples), sum(len(s.distractors) for s in samples)
+    assert fell > 0 and fell_d > 0  # at 0.8 some boxes are too small for any cell
+    assert (headset.fallbacks, headset.regions, headset.distractor_fallbacks) == (fell, n_regions, fell_d)
+    assert headset.distractor_regions == n_dist and headset.fallback_rate == pytest.approx(fell / n_regions)
+    assert run.fallbacks == fell and headset.query == "question"  # the default query group
+    ids = sorted(s.id for s in samples)
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    assert headset.scored == {"dataset": "synthetic:all", "seed": 5, "n": 6, "ids": ids, "digest": digest}
+    saved = json.loads((tmp_path / "heads.json").read_text())
+    assert saved["scored"] == headset.scored and saved["fallback_rate"] == pytest.approx(fell / n_regions)
+    loaded = HeadSet.load(tmp_path / "heads.json")
+    assert (loaded.scored, loaded.fallbacks, loaded.regions) == (headset.scored, fell, n_regions)
+    mapping = RunFolder(tmp_path).manifest()["region_mapping"]
+    counts = {"regions": n_regions, "fallbacks": fell, "distractor_regions": n_dist, "distractor_fallbacks": fell_d}
+    assert mapping == {**counts, "fallback_rate": pytest.approx(fell / n_regions)}
+    for key in ("scored", "fallbacks", "regions", "fallback_rate", "distractor_fallbacks", "distractor_regions"):
+        del saved[key]
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    old = HeadSet.load(tmp_path / "old.json")
+    assert old.scored == {} and old.regions == 0 and np.isnan(old.fallback_rate) and old.ranking == headset.ranking
+
+
+def test_cli_score_overlap_weighting_and_fallback_rate(tmp_path: Path) -> None:
+    from helpers import invoke
+
+    common = ["--quiet", "score", "--model", "builtin", "--data", "synthetic:scenes", "--limit", "3", "--seed", "4"]
+    out = json.loads(invoke(*common, "--min-overlap", "0.95", "--out", str(tmp_path / "a"), "--json").stdout)
+    heads = json.loads((tmp_path / "a" / "heads.json").read_text())
+    assert heads["options"]["min_overlap"] == 0.95 and heads["query"] == "question" and heads["scored"]["seed"] == 4
+    assert out["region_mapping"]["regions"] == 3 and out["region_mapping"]["fallbacks"] == heads["fallbacks"]
+    shown = invoke(*common, "--region-weighting", "fractional", "--out", str(tmp_path / "b")).stdout
+    assert "region mapping: 3 evidence regions weighted by each token's share inside the box" in shown
+    assert json.loads((tmp_path / "b" / "heads.json").read_text())["options"]["region_weighting"] == "fractional"
+    shown = invoke(*common, "--out", str(tmp_path / "c")).stdout
+    assert "evidence regions (" in shown and "fell back to their best-overlapping cells" in shown

@@ -1,14 +1,16 @@
 """Head scores and head sets: ranking, selection, the versioned HeadSet file and peers' formats.
 
 HeadSet JSON (schema in docs/headset.md): what was scored (model, revision, dataset, metric, query group,
-options), per-head statistics with bootstrap CIs, the ranking, the selected CoRe heads, KV-head scores
+options; the scored sample ids and their digest; how many regions fell back), per-head statistics with bootstrap CIs, the ranking, the selected CoRe heads, KV-head scores
 (max and sum over each GQA group) and the per-layer profile. Exports: Retrieval-Head `{"l-h": [score]}`
 JSON and DuoAttention `full_attention_heads.tsv` (layers x KV heads, 1 = keep full attention).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,21 @@ from corehead.metrics.stats import bootstrap_mean_ci
 
 FORMAT = "corehead.headset"
 VERSION = 1
+# how a scoring run's regions were mapped to tokens: evidence regions, those that fell back to their
+# best-overlapping cells, and the same for distractor regions
+MAPPING_KEYS = ("regions", "fallbacks", "distractor_regions", "distractor_fallbacks")
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """sha256 hex of the sorted ids joined by newlines: names a set of samples in manifests and head sets."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def scored_samples(dataset: str, seed: int | None, ids: list[str]) -> dict[str, Any]:
+    """A head set's record of what it was scored on: dataset spec, seed, the sample ids (sorted) and their
+    digest (`ids_digest`, so runs can be compared without the id lists)."""
+    ordered = sorted(ids)
+    return {"dataset": dataset, "seed": seed, "n": len(ordered), "ids": ordered, "digest": ids_digest(ordered)}
 
 
 @dataclass
@@ -35,7 +52,12 @@ class HeadScores:
 
     @classmethod
     def from_table(
-        cls, table: pa.Table, metric: str = "ram", query: str = "all", seed: int = 0, only: set[str] | None = None
+        cls,
+        table: pa.Table,
+        metric: str = "ram",
+        query: str = "question",
+        seed: int = 0,
+        only: set[str] | None = None,
     ) -> HeadScores:
         """Aggregate a scoring run's rows (one per sample, layer, head, query group); `only` keeps those ids."""
         if metric not in table.column_names:
@@ -79,6 +101,17 @@ class HeadSet:
     revision: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     n_samples: int = 0
+    # provenance: what was scored (`scored_samples`) and how its regions were mapped to tokens
+    scored: dict[str, Any] = field(default_factory=dict)  # {} in files that predate it: overlap unknown
+    fallbacks: int = 0  # evidence regions that fell back to their best-overlapping cells
+    regions: int = 0  # evidence regions mapped (0 in files that predate it)
+    distractor_fallbacks: int = 0
+    distractor_regions: int = 0
+
+    @property
+    def fallback_rate(self) -> float:
+        """Share of the mapped evidence regions that fell back to their best cells (NaN when not recorded)."""
+        return self.fallbacks / self.regions if self.regions else float("nan")
 
     @property
     def groups(self) -> int:
@@ -119,6 +152,12 @@ class HeadSet:
             "selected": [list(p) for p in self.selected],
             "kv_scores": {"max": self.kv_scores("max").tolist(), "sum": self.kv_scores("sum").tolist()},
             "layer_profile": self.layer_profile().tolist(),
+            "scored": self.scored,
+            "fallbacks": self.fallbacks,
+            "regions": self.regions,
+            "fallback_rate": self.fallbacks / self.regions if self.regions else None,
+            "distractor_fallbacks": self.distractor_fallbacks,
+            "distractor_regions": self.distractor_regions,
         }
 
     def save(self, path: Path) -> Path:
@@ -148,6 +187,8 @@ class HeadSet:
             revision=data.get("revision"),
             options=data.get("options", {}),
             n_samples=data.get("n_samples", 0),
+            scored=data.get("scored") or {},
+            **{key: int(data.get(key) or 0) for key in MAPPING_KEYS},
         )
 
 
@@ -180,7 +221,11 @@ def make_headset(
     n_kv_heads: int,
     revision: str | None = None,
     options: dict[str, Any] | None = None,
+    scored: dict[str, Any] | None = None,
+    mapping: dict[str, int] | None = None,
 ) -> HeadSet:
+    """The HeadSet of a selection; `scored` (scored_samples) and `mapping` (MAPPING_KEYS counts) record its
+    provenance."""
     n_layers, n_heads = scores.mean.shape
     return HeadSet(
         model=model,
@@ -197,6 +242,8 @@ def make_headset(
         revision=revision,
         options=options or {},
         n_samples=scores.n_samples,
+        scored=scored or {},
+        **{key: int((mapping or {}).get(key, 0)) for key in MAPPING_KEYS},
     )
 
 

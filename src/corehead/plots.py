@@ -32,31 +32,29 @@ def head_map(scores: np.ndarray, selected: list[tuple[int, int]], title: str, pa
 
 
 def ablation_series(table: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
-    """What ablation_sweep draws: per series (each ranking's top-k and bottom-k, the random controls) its
-    k values and, for `accuracy` and `delta_logprob`, the mean over the series' conditions at each k (the
-    random seeds) and the 95% interval (`*_ci`, top and bottom only)."""
-    grouped: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    """What ablation_sweep draws: per series (each ranking's top-k, bottom-k, random-k and layer-matched
+    random-k; "CONDITION (RANKING)") its k values and, for `accuracy` and `delta_logprob`, the row's value at
+    each k (a random control's: the mean over its draws) and its 95% interval (`*_ci`; a random control's
+    includes the draw)."""
+    grouped: dict[str, dict[int, dict[str, Any]]] = {}
     for r in table:
-        if r["condition"] in ("none", "user"):
-            continue
-        name = "random (mean)" if r["condition"].startswith("random-") else f"{r['condition']} ({r['ranking']})"
-        grouped.setdefault(name, {}).setdefault(r["k"], []).append(r)
+        if r["condition"] not in ("none", "user"):
+            grouped.setdefault(f"{r['condition']} ({r['ranking']})", {})[r["k"]] = r
     full = next((r["accuracy"] for r in table if r["condition"] == "none"), 0.0)
     series: dict[str, dict[str, list[Any]]] = {}
     for name, by_k in sorted(grouped.items()):
         ks = sorted(by_k)
         out: dict[str, list[Any]] = {"k": ks}
         for key, delta, base in (("accuracy", "delta_accuracy", full), ("delta_logprob", "delta_logprob", 0.0)):
-            out[key] = [float(np.mean([r[key] for r in by_k[k]])) for k in ks]
-            if not name.startswith("random"):
-                out[f"{key}_ci"] = [[base + b for b in by_k[k][0][f"{delta}_ci"]] for k in ks]
+            out[key] = [by_k[k][key] for k in ks]
+            out[f"{key}_ci"] = [[base + b for b in by_k[k][f"{delta}_ci"]] for k in ks]
         series[name] = out
     return series
 
 
 def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Accuracy and the change in the gold answer's log-probability against k (ablation_series), with the
-    full model as a line and 95% bands for top-k and bottom-k."""
+    full model as a line and a 95% band for every series (the random controls' include the draw)."""
     fig = Figure(figsize=(10.0, 4.0))
     axes = fig.subplots(1, 2)
     full = next((r["accuracy"] for r in table if r["condition"] == "none"), None)
@@ -66,9 +64,8 @@ def ablation_sweep(table: list[dict[str, Any]], title: str, path: Path) -> Path:
             ax.axhline(base, color="black", linestyle=":", label="full model")
         for name, data in series.items():
             line = ax.plot(data["k"], data[key], marker="o", label=name)[0]
-            if f"{key}_ci" in data:
-                low, high = np.array(data[f"{key}_ci"]).T
-                ax.fill_between(data["k"], low, high, color=line.get_color(), alpha=0.15)
+            low, high = np.array(data[f"{key}_ci"]).T
+            ax.fill_between(data["k"], low, high, color=line.get_color(), alpha=0.15)
         ax.set_xlabel("heads cut (k)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("accuracy")

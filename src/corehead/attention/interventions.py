@@ -1,7 +1,8 @@
 """Per-head interventions, declared as small dataclasses, each applied with `with intervention.apply(model):`.
 
 - `HeadAblation` cuts heads at their contribution: the head's slice of the o_proj input is zeroed, or set
-  to its mean over a reference set (`head_means`). It edits `head_outputs`, so it works under any attention
+  to its mean over a reference set (`head_means`), taken separately over text and visual positions: each
+  position gets the mean of its own type. It edits `head_outputs`, so it works under any attention
   implementation; hooks are removed on exit, even on error.
 - `HeadPatch` writes into heads' slices, at one position per sample, what they computed on a source sample
   (activation patching, `capture_head_outputs`): a test of sufficiency where ablation tests necessity.
@@ -14,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from corehead.attention.recorder import KNOCKOUT, decoder_attention, scoped
 from corehead.models.shape import ModelShape
 
 Head = tuple[int, int]  # (layer, query head)
+TEXT, VISUAL = 0, 1  # the position types of head means: head_means(...)[layer][TEXT | VISUAL] is [heads, head_dim]
 
 
 def _targets(model: Any, heads: tuple[Head, ...]) -> dict[int, list[int]]:
@@ -45,11 +47,17 @@ def _targets(model: Any, heads: tuple[Head, ...]) -> dict[int, list[int]]:
 
 @dataclass(frozen=True)
 class HeadAblation:
-    """Replace the output of `heads` before o_proj: by zeros, or by their mean over a reference set."""
+    """Replace the output of `heads` before o_proj: by zeros, or by their mean over a reference set.
+
+    Mode "mean" takes `means` (layer -> [2, heads, head_dim], `head_means`) and `visual` ([B, L] bool, the
+    batch's visual positions): a visual position gets the heads' visual mean, any other position (text,
+    and each decode step of a generation) their text mean.
+    """
 
     heads: tuple[Head, ...]
     mode: Literal["zero", "mean"] = "zero"
-    means: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [heads, head_dim], for mode "mean"
+    means: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [2, heads, head_dim], mode "mean"
+    visual: torch.Tensor | None = None  # [B, L] bool, mode "mean"
 
     def __post_init__(self) -> None:
         if self.mode not in ("zero", "mean"):
@@ -59,13 +67,25 @@ class HeadAblation:
             if missing:
                 raise ValueError(f"mean ablation needs head means for layers {missing} (see head_means)")
 
+    def _mean(self, layer: int, heads: list[int], x: torch.Tensor) -> torch.Tensor:
+        """[B, L, heads, D]: each position's mean of its type."""
+        text, visual = self.means[layer][:, heads].to(x)
+        if x.shape[1] == 1:  # a decode step: a generated token is text
+            return text.expand(*x.shape[:2], *text.shape)
+        if self.visual is None or self.visual.shape != x.shape[:2]:
+            got = None if self.visual is None else tuple(self.visual.shape)
+            raise ValueError(
+                f"mean ablation needs the batch's visual positions [B, L] = {tuple(x.shape[:2])}, got {got}"
+            )
+        return torch.where(self.visual.to(x.device)[..., None, None], visual, text)
+
     @contextmanager
     def apply(self, model: Any) -> Iterator[None]:
         targets = _targets(model, self.heads)
 
         def replace(layer: int, x: torch.Tensor) -> torch.Tensor:
             x, heads = x.clone(), targets[layer]
-            x[..., heads, :] = 0 if self.mode == "zero" else self.means[layer][heads].to(x)
+            x[..., heads, :] = 0 if self.mode == "zero" else self._mean(layer, heads, x)
             return x
 
         with head_outputs(model, replace, targets):
@@ -118,22 +138,28 @@ def capture_head_outputs(
 
 
 @torch.no_grad()
-def head_means(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[int, torch.Tensor]:
-    """Mean output of every head (its o_proj input slice) over the real tokens of reference batches."""
+def head_means(model: Any, batches: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """Mean output of every head (its o_proj input slice) over the real tokens of reference batches, per
+    position type: layer -> [2, heads, head_dim], [TEXT] over text tokens, [VISUAL] over visual tokens.
+    `batches` yields (batch, its visual positions [B, L] bool)."""
     sums: dict[int, torch.Tensor] = {}
-    real: list[torch.Tensor] = []  # the current batch's attention mask
+    kinds: list[torch.Tensor] = []  # the current batch's [2, B, L] weights: real text, real visual
 
     def collect(layer: int, x: torch.Tensor) -> None:
-        x = x.float()
-        sums[layer] = sums.get(layer, 0) + (x * real[0][..., None, None].to(x)).sum(dim=(0, 1))
+        weights = kinds[0].to(x.device, torch.float32)
+        sums[layer] = sums.get(layer, 0) + torch.einsum("kbl,blhd->khd", weights, x.float())
 
-    count = 0
+    counts = torch.zeros(2)
     with head_outputs(model, collect):
-        for batch in batches:
-            real[:] = [batch["attention_mask"].bool()]
+        for batch, visual in batches:
+            real = batch["attention_mask"].bool()
+            visual = visual.to(real.device)
+            kinds[:] = [torch.stack([real & ~visual, real & visual])]
             model(**batch)
-            count += int(batch["attention_mask"].sum())
-    return {layer: total / max(1, count) for layer, total in sums.items()}
+            counts += kinds[0].sum(dim=(1, 2)).cpu()
+    if bool((counts == 0).any()):
+        raise ValueError(f"head means need text and visual tokens; the reference batches hold {counts.tolist()}")
+    return {layer: total / counts.to(total.device)[:, None, None] for layer, total in sums.items()}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from corehead.metrics.ram import head_stats
 
 if TYPE_CHECKING:
     from corehead.attention.interventions import AttentionKnockout
+    from corehead.models.base import Encoded
 
 NAME = "corehead"
 CHUNK_ELEMENTS = 1 << 22  # mask entries per SDPA call when padding forces an explicit mask
@@ -84,9 +85,10 @@ class RowPlan:
 
     rows [B, R] positions in the sequence (-1 = unused slot); row_groups [B, R, G] float weights that
     average rows into G groups (each column sums to 1 over a sample's rows, or is all 0 when the sample has
-    no row in that group); visual [B, N] positions of visual tokens (-1 = unused); valid, region,
-    distractors [B, N] bool; n_distractors [B]; unit_weights [B, N, U]: the share of each token's mass
-    that goes to each unit (1 on its unit; a video token splits its mass evenly over the frames it covers).
+    no row in that group); visual [B, N] positions of visual tokens (-1 = unused); valid [B, N] bool;
+    region, distractors [B, N] float: each token's weight in the evidence region and in the distractors (the
+    mean over distractor objects; models/regions.py); unit_weights [B, N, U]: the share of each token's
+    mass that goes to each unit (1 on its unit; a video token splits its mass evenly over the frames it covers).
 
     Recorded per layer: `stats` [B, H, G, len(STATS) + U], the statistics of metrics/ram.py followed by
     the attention mass on each unit; with `keep_maps`, also `maps` [B, H, G, N], the mass on every visual
@@ -99,7 +101,6 @@ class RowPlan:
     valid: torch.Tensor
     region: torch.Tensor
     distractors: torch.Tensor
-    n_distractors: torch.Tensor
     unit_weights: torch.Tensor
     stats: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, H, G, len(STATS) + U]
     keep_maps: bool = False
@@ -266,8 +267,7 @@ def _record(
     if plan.keep_maps and layer is not None:
         plan.maps[layer] = maps.cpu()
     units = torch.einsum("bhgn,bnu->bhgu", maps, plan.unit_weights.to(device, maps.dtype))
-    regions = (plan.region.to(device), plan.distractors.to(device), plan.n_distractors.to(device))
-    stats = head_stats(maps, valid, *regions)
+    stats = head_stats(maps, valid, plan.region.to(device), plan.distractors.to(device))
     return torch.cat([stats, units], dim=-1)
 
 
@@ -300,28 +300,37 @@ def record(plan: RowPlan) -> Any:
 ROW_GROUPS: tuple[str, ...] = ("all", "question", "prompt_end", "answer")
 
 
-def plan_rows(
-    encoded: list[Any], width: int, regions: list[Any], distractors: list[Any], n_distractors: list[int]
-) -> RowPlan:
+def group_rows(e: Encoded) -> dict[str, np.ndarray]:
+    """The query rows of each group of ROW_GROUPS, chosen by the tokens' tags (docs/query-groups.md):
+    'all' is the text after the visual input (question, chat template and gold answer, but no visual
+    wrapper such as <|vision_end|> or an image-newline, and not the end of turn after the answer);
+    'question' the question's tokens; 'prompt_end' the last prompt token (it predicts the first answer
+    token); 'answer' the gold answer's tokens (when encoded with it)."""
+    after = np.arange(e.length) > int(e.token_map.positions.max(initial=-1))
+    text = np.isin(e.tags, ("question", "prompt", "answer"))
+    return {
+        "all": np.flatnonzero(after & text),
+        "question": e.question,
+        "prompt_end": np.array([e.prompt_end]),
+        "answer": e.answer,
+    }
+
+
+def plan_rows(encoded: list[Encoded], width: int, regions: list[Any], distractors: list[Any] | None = None) -> RowPlan:
     """A RowPlan for a left-padded batch of `Encoded` samples of sequence length `width`.
 
-    regions / distractors: per sample, indices into its token map. Rows: 'all' is every token after the
-    visual input, then the question, the last prompt token and the gold answer (when encoded with it).
+    regions / distractors: per sample, the weight of each token of its map (models/regions.py; None: no
+    distractors). Rows: the groups of `group_rows`, in ROW_GROUPS order.
     """
     per_rows, per_groups = [], []
     for e in encoded:
-        shift = width - e.length
-        after = torch.arange(int(e.token_map.positions.max()) + 1, e.length)
-        named = {"question": e.question, "prompt_end": [e.prompt_end], "answer": e.answer}
-        rows = torch.cat([after, *(torch.as_tensor(v, dtype=torch.long) for v in named.values())])
-        weights = torch.zeros(len(rows), len(ROW_GROUPS))
+        members = [torch.as_tensor(r, dtype=torch.long) for r in group_rows(e).values()]
+        weights = torch.zeros(sum(len(m) for m in members), len(ROW_GROUPS))
         start = 0
-        for g, members in enumerate([after, *named.values()]):
-            count = len(members)
-            if count:
-                weights[start : start + count, g] = 1.0 / count
-            start += count
-        per_rows.append(rows + shift)
+        for g, rows in enumerate(members):
+            weights[start : start + len(rows), g] = 1.0 / max(len(rows), 1)
+            start += len(rows)
+        per_rows.append(torch.cat(members) + width - e.length)
         per_groups.append(weights)
     n_rows = max(len(r) for r in per_rows)
     n_vis = max(len(e.token_map) for e in encoded)
@@ -332,20 +341,19 @@ def plan_rows(
         row_groups=torch.zeros(batch, n_rows, len(ROW_GROUPS)),
         visual=torch.full((batch, n_vis), -1, dtype=torch.long),
         valid=torch.zeros(batch, n_vis, dtype=torch.bool),
-        region=torch.zeros(batch, n_vis, dtype=torch.bool),
-        distractors=torch.zeros(batch, n_vis, dtype=torch.bool),
-        n_distractors=torch.as_tensor(n_distractors, dtype=torch.long),
+        region=torch.zeros(batch, n_vis),
+        distractors=torch.zeros(batch, n_vis),
         unit_weights=torch.zeros(batch, n_vis, n_units),
     )
     for b, e in enumerate(encoded):
-        shift = width - e.length
         plan.rows[b, : len(per_rows[b])] = per_rows[b]
         plan.row_groups[b, : len(per_rows[b])] = per_groups[b]
         n = len(e.token_map)
-        plan.visual[b, :n] = torch.as_tensor(e.token_map.positions + shift)
+        plan.visual[b, :n] = torch.as_tensor(e.token_map.positions + width - e.length)
         plan.valid[b, :n] = True
-        plan.region[b, torch.as_tensor(regions[b], dtype=torch.long)] = True
-        plan.distractors[b, torch.as_tensor(distractors[b], dtype=torch.long)] = True
+        plan.region[b, :n] = torch.as_tensor(np.asarray(regions[b], dtype=np.float32))
+        if distractors is not None:
+            plan.distractors[b, :n] = torch.as_tensor(np.asarray(distractors[b], dtype=np.float32))
         tm = e.token_map
         for i in range(int(tm.spans.max(initial=0))):
             covers = torch.as_tensor(np.flatnonzero(tm.spans > i))

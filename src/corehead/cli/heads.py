@@ -16,6 +16,12 @@ from corehead.runfolder import RunFolder
 
 app = typer.Typer(help="Show, compare and export head sets (heads.json).", no_args_is_help=True)
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="heads.json (or its scoring run folder) that ranks the heads.")]
+OverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap", help="Keep samples the head set was scored on (excluded by default); the result is marked."
+    ),
+]
 
 
 def load_headset(path: Path) -> Any:

@@ -31,6 +31,8 @@ class StudyOptions:
     budget: float = 0.1
     methods: str = "full,core,uniform,duo,bottom"
     prefill: bool = True
+    query: str = "question"
+    metric: str = "ram"
 
     def pipeline(self, model: str, data: str, seed: int, batch_size: int) -> Any:
         """The experiments' PipelineOptions for these settings (mode and methods checked by their registries)."""
@@ -38,9 +40,9 @@ class StudyOptions:
         from corehead.experiments.pipeline import PipelineOptions
 
         MODES.get(self.mode)
-        same = ("n_ablate", "n_accelerate", "ks", "seeds", "mode", "budget", "prefill")  # named alike in both
+        same = ("n_ablate", "n_accelerate", "ks", "seeds", "mode", "budget", "prefill", "metric")  # named alike
         methods = tuple(kv_methods(self.methods))
-        settings = {f: getattr(self, f) for f in same}
+        settings = {f: getattr(self, f) for f in same} | {"query": self.query.replace("-", "_")}
         return PipelineOptions(
             model, data, seed, methods=methods, eval_batch_size=batch_size, ablate_batch_size=batch_size, **settings
         )
@@ -58,6 +60,8 @@ STUDY = Group(
         "budget": Opt(("--budget",), "Share of visual tokens kept by the KV heads of non-CoRe heads."),
         "methods": Opt(("--methods",), "KV methods compared, a comma list of {kv_methods}."),
         "prefill": Opt(("--prefill/--no-prefill",), "Reduced heads see only their kept tokens in the prefill too."),
+        "query": Opt(("--query",), "Query rows that rank heads: all, question, prompt-end or answer."),
+        "metric": Opt(("--metric",), "ram or ram_minus_distractor."),
     },
 )
 RUN = run_options(

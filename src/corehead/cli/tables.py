@@ -49,28 +49,50 @@ def print_headset(headset: Any, top: int = 10) -> None:
     out.print(profile)
 
 
+def _versus(row: dict[str, Any], control: str, digits: int = 3) -> str:
+    """A top row's difference to a control with its 95% CI and Holm-adjusted p ('' where not compared)."""
+    field = "vs_" + control.replace("-", "_")
+    if field not in row:
+        return ""
+    lo, hi = row[f"{field}_ci"]
+    p = row.get(f"{field}_p_holm")  # absent from summaries written before Holm's adjustment
+    return f"{row[field]:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + ("" if p is None else f" p={p:.2g}")
+
+
+def _condition_name(row: dict[str, Any]) -> str:
+    draws = row.get("draws")
+    return f"{row['condition']} ({len(draws)} draws)" if draws else row["condition"]
+
+
+CONTROL_COLUMNS = (
+    ("random", "top − random"),
+    ("random-layer-matched", "top − layer-matched"),
+    ("bottom", "top − bottom"),
+)
+
+
 def print_ablation(conditions: list[dict[str, Any]], title: str) -> None:
-    """Every condition of an ablation: accuracy, its paired change with CI and p, top vs random."""
+    """Every condition of an ablation: accuracy (a random control's: the mean over its draws), its paired
+    change with CI (a random control's includes the draw), p and Holm-adjusted p; top vs each control."""
     view = Table(title=title)
-    columns = ("ranking", "condition", "k", "accuracy", "Δ accuracy [95% CI]", "p", "top − random [95% CI]")
+    columns = ("ranking", "condition", "k", "accuracy", "Δ accuracy [95% CI]", "p", "p (Holm)")
     patched = any("to_source" in row for row in conditions)
-    for col in (*columns, "Δ answer log-prob [95% CI]", *(["to source's answer"] if patched else [])):
+    compared = [c for c in CONTROL_COLUMNS if any(_versus(row, c[0]) for row in conditions)]
+    versus = [f"{label} [95% CI] p (Holm)" for _, label in compared]
+    for col in (*columns, *versus, "Δ answer log-prob [95% CI]", *(["to source's answer"] if patched else [])):
         view.add_column(col, justify="right")
     for row in conditions:
         lo, hi = row["delta_accuracy_ci"]
         lo_lp, hi_lp = row["delta_logprob_ci"]
-        vs = ""
-        if "vs_random" in row:
-            vlo, vhi = row["vs_random_ci"]
-            vs = f"{row['vs_random']:+.3f} [{vlo:+.3f}, {vhi:+.3f}]"
         view.add_row(
             row["ranking"],
-            row["condition"],
+            _condition_name(row),
             str(row["k"]),
             f"{row['accuracy']:.3f}",
             f"{row['delta_accuracy']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
             f"{row['p_value']:.3g}",
-            vs,
+            f"{row['p_holm']:.3g}" if "p_holm" in row else "",
+            *(_versus(row, control) for control, _ in compared),
             f"{row['delta_logprob']:+.2f} [{lo_lp:+.2f}, {hi_lp:+.2f}]",
             *([f"{row.get('to_source', float('nan')):.3f}"] if patched else []),
         )
@@ -85,18 +107,35 @@ def _with_ratio(row: dict[str, Any], key: str, unit: str, scale: float) -> str:
     return f"{row[key] * scale:.3g} {unit}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
 
 
+def _paired(row: dict[str, Any], reference: str, digits: int = 3) -> str:
+    """A method's accuracy minus the reference method's, paired by sample: mean [95% CI] and p."""
+    diff = row.get("paired", {}).get(reference)
+    if diff is None:
+        return ""
+    lo, hi = diff["ci"]
+    return f"{diff['delta']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] p={diff['p']:.2g}"
+
+
+def _method_name(row: dict[str, Any]) -> str:
+    """A method's name, with its number of draws for a drawn method (random)."""
+    return row["method"] + (f" ({len(row['draws'])} draws)" if "draws" in row else "")
+
+
 def print_acceleration(methods: list[dict[str, Any]], title: str) -> None:
-    """Every KV method: visual KV kept, accuracy with CI, time, memory and KV bytes (ratios to full)."""
+    """Every KV method: visual KV kept, accuracy with CI, its paired differences to full and core, time,
+    memory and KV bytes (ratios to full)."""
     view = Table(title=title)
-    columns = ("method", "visual KV kept", "accuracy [95% CI]", "prefill", "decode / token", "peak memory", "KV bytes")
-    for col in columns:
+    columns = ("method", "visual KV kept", "accuracy [95% CI]", "− full [95% CI]", "− core [95% CI]", "prefill")
+    for col in (*columns, "decode / token", "peak memory", "KV bytes"):
         view.add_column(col, justify="right")
     for row in methods:
         lo, hi = row["accuracy_ci"]
         view.add_row(
-            row["method"],
+            _method_name(row),
             f"{row['visual_kv_share']:.0%}",
             f"{row['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+            _paired(row, "full"),
+            _paired(row, "core"),
             _with_ratio(row, "prefill_s", "ms", 1e3),
             _with_ratio(row, "decode_s_per_token", "ms", 1e3),
             _with_ratio(row, "peak_memory_bytes", "MiB", 2**-20),
@@ -107,7 +146,9 @@ def print_acceleration(methods: list[dict[str, Any]], title: str) -> None:
 
 def print_core_heads(headsets: dict[str, Any], n_score: int) -> None:
     """Per domain of a study: its CoRe heads, the RAM of the top one, the layers they sit in."""
-    table = Table(title=f"CoRe heads (top 5% by RAM over all text rows; {n_score} samples per domain)")
+    first = next(iter(headsets.values()))
+    rows = f"{first.metric} on {first.query.replace('_', '-')} rows"
+    table = Table(title=f"CoRe heads (top 5% by {rows}; {n_score} scoring samples per domain)")
     for col in ("domain", "CoRe heads (layer.head)", "RAM of the top head", "layers of the CoRe heads"):
         table.add_column(col)
     for domain, headset in headsets.items():
@@ -122,41 +163,53 @@ def print_core_heads(headsets: dict[str, Any], n_score: int) -> None:
     out.print(table)
 
 
-def _sweep_cell(row: dict[str, Any]) -> str:
+def _sweep_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "–"
     lo, hi = row["delta_accuracy_ci"]
     return f"{row['accuracy']:.2f} ({row['delta_accuracy']:+.2f} [{lo:+.2f}, {hi:+.2f}])"
 
 
 def print_sweep(sweep: dict[str, list[dict[str, Any]]], n: int, seeds: int, mode: str = "zero") -> None:
-    """Per domain and k: accuracy with the top-k, bottom-k and random-k heads cut (drops with 95% CIs)."""
+    """Per domain, ranking and k: accuracy with the top-k, bottom-k, random-k and layer-matched random-k
+    heads cut (the random ones: mean over their draws; drops with 95% CIs, the random ones' including the
+    draw), and top minus each random control with its CI and Holm-adjusted p."""
     cutting = "zeroing heads" if mode == "zero" else f"cutting heads ({mode})"
     table = Table(title=f"{cutting} ({n} samples per domain; Δ vs the full model, 95% CI)")
-    for col in ("domain", "k", "full model", "top-k", "bottom-k", f"random-k (mean of {seeds})", "top − random"):
+    columns = ("domain", "k", "full model", "top-k", "bottom-k", f"random-k ({seeds} draws)")
+    for col in (*columns, f"layer-matched ({seeds} draws)", "top − random, p (Holm)", "top − layer-matched, p (Holm)"):
         table.add_column(col, justify="right")
     for domain, rows in sweep.items():
         full = next(r for r in rows if r["condition"] == "none")
-        for k in sorted({r["k"] for r in rows if r["k"]}):
-            at = {r["condition"]: r for r in rows if r["k"] == k}
-            random = [r["accuracy"] for name, r in at.items() if name.startswith("random-")]
-            lo, hi = at["top"].get("vs_random_ci", [float("nan")] * 2)
+        tops = [r for r in rows if r["condition"] == "top"]
+        several = len({r.get("ranking", "") for r in tops}) > 1
+        for top in tops:
+            ranking, k = top.get("ranking", ""), top["k"]
+            at = {r["condition"]: r for r in rows if r["k"] == k and r.get("ranking", "") == ranking}
             table.add_row(
-                domain,
+                f"{domain} ({ranking})" if several else domain,
                 str(k),
                 f"{full['accuracy']:.2f}",
-                _sweep_cell(at["top"]),
-                _sweep_cell(at["bottom"]),
-                f"{sum(random) / len(random):.2f}",
-                f"{at['top'].get('vs_random', float('nan')):+.2f} [{lo:+.2f}, {hi:+.2f}]",
+                _sweep_cell(top),
+                _sweep_cell(at.get("bottom")),
+                _sweep_cell(at.get("random")),
+                _sweep_cell(at.get("random-layer-matched")),
+                _versus(top, "random", 2),
+                _versus(top, "random-layer-matched", 2),
             )
     out.print(table)
 
 
 def print_kv_comparison(compared: dict[str, list[dict[str, Any]]], methods: list[str], title: str) -> None:
-    """Per domain of a study: accuracy and KV bytes (vs full) of each method."""
+    """Per domain of a study and method: accuracy, its paired differences to full and core (95% CI, p), KV
+    bytes (vs full)."""
     table = Table(title=title)
-    for col in ("domain", *(f"{m}: accuracy, KV bytes" for m in methods)):
+    for col in ("domain", "method", "accuracy", "− full [95% CI]", "− core [95% CI]", "KV bytes"):
         table.add_column(col, justify="right")
     for domain, rows in compared.items():
         by = {r["method"]: r for r in rows}
-        table.add_row(domain, *(f"{by[m]['accuracy']:.2f}, {by[m]['kv_bytes_vs_full']:.2f}x" for m in methods))
+        for m in methods:
+            row = by[m]
+            cells = (f"{row['accuracy']:.2f}", _paired(row, "full", 2), _paired(row, "core", 2))
+            table.add_row(domain, _method_name(row), *cells, f"{row['kv_bytes_vs_full']:.2f}x")
     out.print(table)

@@ -16,7 +16,7 @@ from typing import Any
 
 from corehead.data import check_options
 from corehead.data.public import field, inside, samples, seeded
-from corehead.data.sample import Sample, SampleError
+from corehead.data.sample import Sample, SampleError, record_label
 from corehead.data.video import OPTIONS, Sampling, frames, read_json
 
 TASKS: tuple[str, ...] = (
@@ -101,8 +101,17 @@ def _tasks(option: str | None) -> list[str]:
 
 
 def _make(root: Path, item: Item, sampling: Sampling) -> Sample | None:
-    """The sample of one multiple-choice item; None for an open-ended one (no candidates)."""
-    sid, where = item.sample_id, f"json/{item.stem}.json"
+    """The sample of one multiple-choice item; None for an open-ended one (no candidates). An error names the
+    item by its place in the task file, its video and its question."""
+    try:
+        return _item_sample(root, item, sampling)
+    except SampleError as error:
+        known = item.raw if isinstance(item.raw, dict) else {}
+        raise error.named(record_label(known.get("video", "?"), known.get("question", "?"), "video")) from None
+
+
+def _item_sample(root: Path, item: Item, sampling: Sampling) -> Sample | None:
+    sid, where = item.sample_id, f"json/{item.stem}.json[{item.index}]"
     if isinstance(item.raw, dict) and not item.raw.get("candidates"):
         return None
     candidates = [str(c) for c in field(item.raw, "candidates", sid, where, list)]

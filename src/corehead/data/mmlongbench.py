@@ -29,7 +29,7 @@ from PIL import Image
 from corehead.data import check_options
 from corehead.data.mmdocir import int_option, layouts, need_file, question_index, question_key
 from corehead.data.public import field, inside, samples, seeded
-from corehead.data.sample import Region, Sample, SampleError, VisualUnit
+from corehead.data.sample import Region, Sample, SampleError, VisualUnit, record_label
 
 SAMPLES = "samples.json"
 OPTIONS = {
@@ -96,8 +96,16 @@ class _Reader:
         return self.sizes[pdf]
 
     def sample(self, item: tuple[int, Any]) -> Sample | None:
-        """The sample of the i-th question (None: MMDocIR does not have it)."""
+        """The sample of the i-th question (None: MMDocIR does not have it); an error names the record by its
+        doc_id and question as well as its index in samples.json."""
         i, row = item
+        try:
+            return self._sample(i, row)
+        except SampleError as error:
+            known = row if isinstance(row, dict) else {}
+            raise error.named(record_label(known.get("doc_id", "?"), known.get("question", "?"), "doc_id")) from None
+
+    def _sample(self, i: int, row: Any) -> Sample | None:
         sid, where = f"mmlongbench-doc-{i}", f"{SAMPLES}[{i}]"
         doc_id = field(row, "doc_id", sid, where, str)
         question = field(row, "question", sid, where, str)

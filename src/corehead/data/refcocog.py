@@ -131,7 +131,8 @@ def annotation_box(ann: dict[str, Any], mode: str, width: int, height: int, sid:
 def _distractors(
     anns: list[dict[str, Any]], ann_id: Any, mode: str, width: int, height: int, where: str
 ) -> list[Region]:
-    """Boxes of the image's other annotations; crowds and boxes that are malformed, empty or outside are left out."""
+    """Boxes of the image's other annotations, each its own object (named by its annotation id); crowds and boxes
+    that are malformed, empty or outside are left out."""
     regions = []
     for ann in anns:
         if ann.get("id") == ann_id or ann.get("iscrowd"):
@@ -141,7 +142,7 @@ def _distractors(
         except SampleError:
             continue
         if 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height:
-            regions.append(Region(0, (x0, y0, x1, y1)))
+            regions.append(Region(0, (x0, y0, x1, y1), object=str(ann.get("id"))))
     return regions
 
 

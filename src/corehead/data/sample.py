@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,22 +23,60 @@ Box = tuple[float, float, float, float]
 
 
 class SampleError(ValueError):
-    """A sample that cannot be used; the message names the sample id and the field."""
+    """A sample that cannot be used; the message names the sample id and the field, and `about` what a user
+    searches the source by when the id does not say it (a document question's doc_id and question)."""
 
-    def __init__(self, sample_id: str, field_name: str, problem: str, where: str = "") -> None:
+    def __init__(self, sample_id: str, field_name: str, problem: str, where: str = "", about: str = "") -> None:
         self.sample_id = sample_id
         self.field = field_name
         self.problem = problem
+        self.where = where
+        self.about = about
         prefix = f"{where}: " if where else ""
-        super().__init__(f"{prefix}sample {sample_id!r}: field {field_name!r}: {problem}")
+        named = f" ({about})" if about else ""
+        super().__init__(f"{prefix}sample {sample_id!r}{named}: field {field_name!r}: {problem}")
+
+    @classmethod
+    def of(cls, sample: Sample, field_name: str, problem: str, where: str = "") -> SampleError:
+        """The error of a built sample, named as `describe` names it."""
+        return cls(sample.id, field_name, problem, where, describe(sample))
+
+    def named(self, about: str) -> SampleError:
+        """The same error, also naming the record by `about` (unless it already does)."""
+        return self if self.about else SampleError(self.sample_id, self.field, self.problem, self.where, about)
+
+
+def describe(sample: Sample) -> str:
+    """What a user searches a sample's source by, beside its id: for a document question (meta `doc`) the
+    document and the question; '' for other samples, whose ids name their record."""
+    doc = sample.meta.get("doc")
+    return "" if doc is None else record_label(doc, sample.question)
+
+
+def record_label(doc: Any, question: Any, key: str = "doc") -> str:
+    """The words naming a record in an error: KEY 'X', question 'Y' (a long question cut to 80 characters)."""
+    text = str(question)
+    short = text if len(text) <= 80 else text[:77] + "..."
+    return f"{key} {str(doc)!r}, question {short!r}"
 
 
 @dataclass(frozen=True)
 class Region:
-    """Evidence inside one unit: a pixel box, or the whole unit when `box` is None."""
+    """Evidence inside one unit: a pixel box, or the whole unit when `box` is None. `object` names the object
+    a distractor region belongs to: the regions of one object (its box on each frame of a clip) share it, so
+    distractor mass is a mean over objects; a region without one is an object of its own."""
 
     unit: int
     box: Box | None = None
+    object: str | None = None
+
+
+def objects(regions: list[Region]) -> list[list[int]]:
+    """Indices of `regions` grouped by object, in order of first appearance; a region without `object` alone."""
+    groups: dict[Any, list[int]] = {}
+    for k, region in enumerate(regions):
+        groups.setdefault(k if region.object is None else region.object, []).append(k)
+    return list(groups.values())
 
 
 @dataclass
@@ -105,7 +143,7 @@ def validate(sample: Sample, require_answer: bool = True, where: str = "", requi
     sid = sample.id
 
     def fail(field_name: str, problem: str) -> None:
-        raise SampleError(sid, field_name, problem, where)
+        raise SampleError(sid, field_name, problem, where, describe(sample))
 
     if not str(sid).strip():
         fail("id", "empty id")
@@ -136,6 +174,8 @@ def validate(sample: Sample, require_answer: bool = True, where: str = "", requi
 
 
 def _check_region(sample: Sample, region: Region, name: str, fail: Any) -> None:
+    if region.object is not None and (not isinstance(region.object, str) or not region.object.strip()):
+        fail(f"{name}.object", f"an object id is a non-empty string, got {region.object!r}")
     if not 0 <= region.unit < len(sample.units):
         fail(f"{name}.unit", f"unit {region.unit} does not exist (the sample has {len(sample.units)} units)")
     if region.box is None:
@@ -157,7 +197,10 @@ def _check_region(sample: Sample, region: Region, name: str, fail: Any) -> None:
 
 
 def region_to_json(region: Region) -> dict[str, Any]:
-    return {"unit": region.unit, "box": None if region.box is None else [float(v) for v in region.box]}
+    out: dict[str, Any] = {"unit": region.unit, "box": None if region.box is None else [float(v) for v in region.box]}
+    if region.object is not None:
+        out["object"] = region.object
+    return out
 
 
 def unit_to_json(unit: VisualUnit, base: Path | None = None) -> dict[str, Any]:
@@ -208,11 +251,16 @@ def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool
     if not isinstance(raw_units, list):
         raise SampleError(sid, "units", "must be a list", where)
     units = [_unit_from_json(u, i, sid, base, where) for i, u in enumerate(raw_units)]
-    try:
-        regions = [_region_from_json(r) for r in need(obj, "regions", "regions")]
-        distractors = [_region_from_json(r) for r in obj.get("distractors") or []]
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise SampleError(sid, "regions", f"malformed region ({exc})", where) from None
+    parsed: dict[str, list[Region]] = {}
+    for group, raw in (("regions", need(obj, "regions", "regions")), ("distractors", obj.get("distractors") or [])):
+        if not isinstance(raw, list):
+            raise SampleError(sid, group, "must be a list of regions", where)
+        parsed[group] = []
+        for k, r in enumerate(raw):
+            try:
+                parsed[group].append(_region_from_json(r))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise SampleError(sid, f"{group}[{k}]", f"malformed region ({exc})", where) from None
     meta = obj.get("meta") or {}
     if not isinstance(meta, dict):
         raise SampleError(sid, "meta", "must be an object", where)
@@ -221,8 +269,8 @@ def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool
         units=units,
         question=str(need(obj, "question", "question")),
         answer=str(obj.get("answer") or ""),
-        regions=regions,
-        distractors=distractors,
+        regions=parsed["regions"],
+        distractors=parsed["distractors"],
         meta=dict(meta),
     )
     validate(sample, require_answer=require_answer, where=where)
@@ -231,9 +279,16 @@ def sample_from_json(obj: Any, base: Path, where: str = "", require_answer: bool
 
 def _region_from_json(raw: Any) -> Region:
     if not isinstance(raw, dict):
-        raise TypeError(f"a region is an object with 'unit' and 'box', got {raw!r}")
+        raise TypeError(f"a region is an object with 'unit' and 'box' (and optionally 'object'), got {raw!r}")
     box = raw.get("box")
-    return Region(unit=int(raw["unit"]), box=None if box is None else tuple(float(v) for v in box))  # type: ignore[arg-type]
+    obj = raw.get("object")
+    if obj is not None and not isinstance(obj, str | int):
+        raise TypeError(f"a region's 'object' is a string (or an integer id), got {obj!r}")
+    return Region(
+        unit=int(raw["unit"]),
+        box=None if box is None else tuple(float(v) for v in box),  # type: ignore[arg-type]
+        object=None if obj is None else str(obj),
+    )
 
 
 def _unit_from_json(raw: Any, i: int, sid: str, base: Path, where: str) -> VisualUnit:
@@ -330,26 +385,9 @@ def write_jsonl(samples: Iterable[Sample], out_dir: Path, name: str = "samples.j
                     images.mkdir(exist_ok=True)
                     file = images / f"{_safe(sample.id)}_{k}.png"
                     unit.load().save(file)
-                    unit = VisualUnit(
-                        unit.kind,
-                        str(file.resolve()),
-                        unit.width,
-                        unit.height,
-                        unit.page,
-                        unit.frame,
-                        unit.timestamp,
-                    )
+                    unit = replace(unit, source=str(file.resolve()), image=None, render=None)
                 units.append(unit)
-            stored = Sample(
-                sample.id,
-                units,
-                sample.question,
-                sample.answer,
-                sample.regions,
-                sample.distractors,
-                sample.meta,
-            )
-            handle.write(json.dumps(sample_to_json(stored, out_dir)) + "\n")
+            handle.write(json.dumps(sample_to_json(replace(sample, units=units), out_dir)) + "\n")
     return target
 
 

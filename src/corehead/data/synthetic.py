@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import numpy as np
@@ -319,9 +319,16 @@ def make_scene(domain: str, seed: int, index: int, split: str = "eval") -> Scene
 
 
 def scene_sample(scene: Scene, fact: Fact, sample_id: str, meta: dict | None = None) -> Sample:
-    """A Sample asking one fact of a scene; the other facts' regions in the same units are distractors."""
+    """A Sample asking one fact of a scene; the other facts' regions in the same units are distractors, each
+    tagged with its object (the other fact's key: a clip's object has one region per frame)."""
     units = {r.unit for r in fact.regions}
-    distractors = [r for other in scene.facts if other.key != fact.key for r in other.regions if r.unit in units]
+    distractors = [
+        replace(r, object=other.key)
+        for other in scene.facts
+        if other.key != fact.key
+        for r in other.regions
+        if r.unit in units
+    ]
     return Sample(
         id=sample_id,
         units=scene.units,

@@ -155,7 +155,7 @@ class _Maker:
         size: tuple[int, int],
     ) -> tuple[list[Region], list[Region]]:
         """The target's boxes on the sampled frames inside the ground truth window, and the other objects'
-        boxes on those frames, in the units' pixels."""
+        boxes on those frames (each tagged with its object's tid), in the units' pixels."""
         trajectories = field(vidor, "trajectories", sid, str(vidor_path), list)
         regions: list[Region] = []
         distractors: list[Region] = []
@@ -172,7 +172,7 @@ class _Maker:
             if target not in boxes:
                 continue
             for tid, box in boxes.items():
-                (regions if tid == target else distractors).append(Region(k, _scaled(box, size, unit)))
+                (regions if tid == target else distractors).append(Region(k, _scaled(box, size, unit), str(tid)))
         if not regions:
             raise SampleError(
                 sid,

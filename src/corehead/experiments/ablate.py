@@ -1,22 +1,25 @@
 """Causal test of head rankings: cut the top-k heads and same-size controls, measure the damage honestly.
 
-Conditions: `none` (the model as is); for each k, `top` (the k best-ranked heads), `bottom` (the k
-worst-ranked) and `random-s` for each seed s (k heads drawn uniformly from outside the top k, so never a
-top head); `user` (a given head set). Several rankings can be compared causally (RAM on question rows vs
-answer rows, RAM minus distractor mass, ...): each contributes its top-k; the controls come from the first.
+Conditions (experiments/ablation_plan.py): `none`, `user`, and per ranking and k: `top`, `bottom`, `random`
+and `random-layer-matched`, each random control drawn `seeds` times outside that ranking's top k. Every
+condition, `none` included, runs through corehead's registered attention (decoder_attention), so the
+differences hold no numerical differences between attention implementations.
 
-Modes, how a head is cut: `zero` / `mean` (its slice of the o_proj input), `query-zero` (the legacy
-uniform-attention ablation of Retrieval Head and SparseMM), `mask-visual` / `mask-region` (it may not
-attend to any visual token / to the sample's region tokens; renormalised over the rest), and `patch`
-(activation patching: at the last prompt token, its slice takes the value it had on a paired source sample
-with another answer; rows then also say whether the answer moved to the source's answer). Each mode is a
-small class in experiments/modes/, registered in `MODES`.
+Held out by construction (experiments/heldout.py): the samples the head set was scored on are excluded
+(counted, and recorded in the manifest and ablation.json), unless `allow_overlap` keeps them and marks it.
 
-Every sample is answered under every condition; rows (ranking, condition, k, sample, prediction, correct,
-gold-answer log-prob) are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows already
-there. Effects are paired differences against `none` (and, for top-k, against the mean of the same-k random
-controls) with 95% bootstrap intervals and a paired sign-flip permutation test; they go to RUN/ablation.json
-and RUN/ablation.png when the run is done.
+Modes, how a head is cut: `zero` / `mean` (its slice of the o_proj input; `mean` takes per-type means over
+a reference set that is never evaluated), `query-zero` (the legacy uniform-attention ablation of Retrieval
+Head and SparseMM), `mask-visual` / `mask-region` (it may not attend to any visual token / to the sample's
+region tokens; renormalised over the rest; a sample without a region is an error, or skipped with
+`skip_invalid`), and `patch` (activation patching: at the last prompt token, its slice takes the value it
+had on a paired source sample with another answer; rows then also say whether the answer moved to the
+source's answer). Each mode is a small class in experiments/modes/, registered in `MODES`.
+
+Every sample is answered under every condition; rows (ranking, condition, k, draw, sample, prediction,
+correct, gold-answer log-prob) are appended to RUN/ablation.jsonl as produced, and a rerun skips the rows
+already there. The effects (experiments/ablation_summary.py) go to RUN/ablation.json and RUN/ablation.png
+when the run is done.
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ import numpy as np
 import torch
 
 from corehead.attention.interventions import Head
+from corehead.attention.recorder import decoder_attention
 from corehead.data.sample import Sample
+from corehead.experiments.ablation_plan import (
+    CONTROLS,
+    Condition,
+    conditions,
+    parse_k,
+    plan_conditions,
+    unavailable,
+)
+from corehead.experiments.ablation_summary import summarize
+from corehead.experiments.heldout import HeldOut, held_out, ids_digest
 from corehead.experiments.modes import MODES, AblationMode, Needs, ablation_mode, last_prompt_token
 from corehead.experiments.runs import Shard
 from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
 from corehead.heads import HeadSet
-from corehead.metrics.stats import bootstrap_mean_ci, paired_permutation_p
 from corehead.metrics.tasks import score_answer
 from corehead.models.base import ChatAdapter, Encoded
 from corehead.plots import ablation_sweep
@@ -45,8 +58,10 @@ from corehead.runfolder import RunFolder
 __all__ = [
     "CONTROLS",
     "MODES",
+    "Chosen",
     "Condition",
     "ablate",
+    "choose_samples",
     "conditions",
     "intervened",
     "pair_sources",
@@ -54,77 +69,6 @@ __all__ = [
     "plan_conditions",
     "summarize",
 ]
-
-CONTROLS: tuple[str, ...] = ("bottom", "random")
-ConditionKey = tuple[str, str, int]  # ranking, condition name, k
-
-
-@dataclass(frozen=True)
-class Condition:
-    """One ablation: which ranking chose the heads, a name (none, top, bottom, random-S, user), k, the heads."""
-
-    ranking: str
-    name: str
-    k: int
-    heads: tuple[Head, ...]
-
-    @property
-    def key(self) -> ConditionKey:
-        return self.ranking, self.name, self.k
-
-
-def parse_k(spec: str, n_heads: int) -> list[int]:
-    """'1%,2%,5%' (shares of all n_heads, at least one head each) or '3,6' (counts): sorted distinct counts."""
-    ks = set()
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        try:
-            k = max(1, round(float(part[:-1]) / 100 * n_heads)) if part.endswith("%") else int(part)
-        except ValueError:
-            raise ValueError(f"k takes head counts or percentages such as 1%,5%,3; got {part!r}") from None
-        if not 0 < k < n_heads:
-            raise ValueError(f"k must be between 1 and {n_heads - 1} heads, got {part}")
-        ks.add(k)
-    if not ks:
-        raise ValueError("no k given")
-    return sorted(ks)
-
-
-def conditions(
-    ranking: list[Head], ks: list[int], seeds: int = 5, controls: tuple[str, ...] = CONTROLS, name: str = "ram:all"
-) -> list[Condition]:
-    """For each k: top-k, then the controls asked for: bottom-k, `seeds` random-k drawn outside the top k."""
-    unknown = set(controls) - set(CONTROLS)
-    if unknown:
-        raise ValueError(f"controls must be among {', '.join(CONTROLS)}; got {', '.join(sorted(unknown))}")
-    out = []
-    for k in ks:
-        if not 0 < k < len(ranking):
-            raise ValueError(f"k must be between 1 and {len(ranking) - 1}, got {k}")
-        out.append(Condition(name, "top", k, tuple(ranking[:k])))
-        if "bottom" in controls:
-            out.append(Condition(name, "bottom", k, tuple(ranking[-k:])))
-        if "random" in controls:
-            outside = ranking[k:]
-            for seed in range(seeds):
-                pick = np.random.default_rng([seed, k]).choice(len(outside), size=k, replace=False)
-                out.append(Condition(name, f"random-{seed}", k, tuple(outside[int(i)] for i in sorted(pick))))
-    return out
-
-
-def plan_conditions(
-    rankings: dict[str, list[Head]],
-    ks: list[int],
-    seeds: int = 5,
-    controls: tuple[str, ...] = CONTROLS,
-    user: list[Head] | None = None,
-) -> list[Condition]:
-    """The whole experiment: none, the user's set, each ranking's top-k; controls from the first ranking."""
-    out = [Condition("", "none", 0, ())]
-    if user:
-        out.append(Condition("", "user", len(user), tuple(user)))
-    for i, (name, ranking) in enumerate(rankings.items()):
-        out += conditions(ranking, ks, seeds, controls if i == 0 else (), name)
-    return out
 
 
 def intervened(
@@ -134,10 +78,12 @@ def intervened(
     means: dict[int, torch.Tensor] | None = None,
     forbid: torch.Tensor | None = None,
     source: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None,
+    visual: torch.Tensor | None = None,
 ) -> AbstractContextManager[Any]:
     """Cut `heads` in `mode` for the forwards run inside; `forbid` ([B, L] bool) for the mask-* modes,
-    `source` (the source run's head outputs, the positions to patch) for `patch`."""
-    return ablation_mode(mode).applied(model, heads, Needs(means or {}, forbid, source))
+    `source` (the source run's head outputs, the positions to patch) for `patch`, `means` (head_means) and
+    `visual` (the batch's visual positions, [B, L] bool) for `mean`."""
+    return ablation_mode(mode).applied(model, heads, Needs(means or {}, forbid, source, visual))
 
 
 @torch.no_grad()
@@ -201,7 +147,8 @@ def _answer(
     out: list[Any] = []
     for encoded in (batch.prompts, batch.answered):
         source = (outputs, last_prompt_token(encoded)) if outputs is not None else None
-        with mode.applied(adapter.model, heads, Needs(means, mode.forbidden(batch.samples, encoded), source)):
+        needs = Needs(means, mode.forbidden(batch.samples, encoded), source, mode.visual(encoded))
+        with mode.applied(adapter.model, heads, needs):
             if encoded is batch.answered:
                 out.append(_answer_logprob(adapter, encoded))
             else:
@@ -209,13 +156,53 @@ def _answer(
     return out[0], out[1]
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
-    return row["ranking"], row["condition"], row["k"], row["id"]
+def _row_key(row: dict[str, Any]) -> tuple[str, str, int, int | None, str]:
+    return row["ranking"], row["condition"], row["k"], row.get("draw"), row["id"]
+
+
+def _current_rows(rows: list[dict[str, Any]]) -> None:
+    """Refuse a folder written before random controls were one condition with draws (rows without `draw`)."""
+    if rows and "draw" not in rows[0]:
+        raise ValueError(
+            "this run folder holds ablation rows of an older corehead (random-S conditions); use a new --out folder"
+        )
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The samples an ablation answers: `held` says which were left out as scored on by the head set,
+    `skipped` lists those the mode cannot cut (with skip_invalid)."""
+
+    samples: list[Sample]
+    held: HeldOut
+    skipped: list[str]
+
+
+def choose_samples(
+    samples: list[Sample], headset: HeadSet | None, allow_overlap: bool, mode: str, skip_invalid: bool = False
+) -> Chosen:
+    """`samples` less those `headset` was scored on (held_out) and those `mode` cannot cut: an error naming
+    the first of those, or, with `skip_invalid`, counted and skipped."""
+    held = (
+        held_out(samples, headset, allow_overlap)
+        if headset is not None
+        else HeldOut(list(samples), [], allow_overlap, False)
+    )
+    cut = ablation_mode(mode)
+    problems = [(s, p) for s in held.samples if (p := cut.problem(s)) is not None]
+    if problems and not skip_invalid:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0][1]}{more}; --skip-invalid skips such samples")
+    bad = {s.id for s, _ in problems}
+    kept = [s for s in held.samples if s.id not in bad]
+    if not kept:
+        raise ValueError(f"no sample left to ablate in mode {mode} ({len(bad)} skipped)")
+    return Chosen(kept, held, sorted(bad))
 
 
 @dataclass(frozen=True)
 class AblateStudy(Study):
-    """Every sample answered under every condition of `plan`; rows keyed by (ranking, condition, k, id)."""
+    """Every sample answered under every condition of `plan`; rows keyed by (ranking, condition, k, draw, id)."""
 
     name: ClassVar[str] = "ablate"
     dataset: str
@@ -230,45 +217,64 @@ class AblateStudy(Study):
     max_new_tokens: int
     sources: dict[str, Sample]
     heads: str  # what ranked the heads, for the summary (a heads.json, or the rankings' names)
+    chosen: Chosen
+    reference: list[Sample]  # the samples `mean` takes its head means from (never evaluated)
 
     def settings(self, adapter: ChatAdapter) -> dict[str, Any]:
-        return {
+        settings = {
             "model": adapter.name,
             "dataset": self.dataset,
             "mode": self.mode,
             "rankings": self.rankings,
             "user": self.user or [],
         }
+        if ablation_mode(self.mode).reference:
+            settings["reference"] = {"n": len(self.reference), "digest": ids_digest(s.id for s in self.reference)}
+        return settings
+
+    def about(self) -> dict[str, Any]:
+        """What the manifest and ablation.json record about the samples and the controls."""
+        return {
+            "held_out": self.chosen.held.record(),
+            "skipped": len(self.chosen.skipped),
+            "unavailable": unavailable(self.rankings, self.ks, self.controls),
+        }
 
     def info(self, adapter: ChatAdapter) -> dict[str, Any]:
-        return {"ks": self.ks, "seeds": self.seeds, "controls": list(self.controls), "batch_size": self.batch_size}
+        plan = {"ks": self.ks, "seeds": self.seeds, "controls": list(self.controls), "batch_size": self.batch_size}
+        return {**plan, **self.about()}
 
     def keys(self, sample: Sample) -> list[Hashable]:
         return [(*c.key, sample.id) for c in self.plan]
 
     def store(self, out: Path | None, shard: Shard, position: Position) -> JsonRows:
         place = {c.key: i for i, c in enumerate(self.plan)}
+
+        def order(row: dict[str, Any]) -> tuple[int, Any]:
+            return place.get(_row_key(row)[:4], len(place)), position(row["id"])
+
         path = RunFolder(out).rows(self.name) if out is not None else None
-        return JsonRows(path, _row_key, lambda r: (place.get(_row_key(r)[:3], len(place)), position(r["id"])), shard)
+        return JsonRows(path, _row_key, order, shard, _current_rows)
 
     @contextmanager
     def session(self, adapter: ChatAdapter, samples: list[Sample]) -> Iterator[Work]:
         mode = ablation_mode(self.mode)
-        means = mode.means(adapter, samples, self.batch_size)
+        with decoder_attention(adapter.model):  # every condition, `none` included, on the same attention path
+            means = mode.means(adapter, self.reference, self.batch_size)
 
-        def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
-            encoded: _Batch | None = None  # encoded once for the conditions that need the same samples
-            for condition in self.plan:
-                todo = [s for s in batch if (*condition.key, s.id) not in done]
-                if not todo:
-                    continue
-                if encoded is None or [s.id for s in encoded.samples] != [s.id for s in todo]:
-                    encoded = _encode(adapter, todo, self.sources)
-                answers, logps = _answer(adapter, mode, encoded, condition.heads, means, self.max_new_tokens)
-                rows = [self._row(adapter, mode, condition, *r) for r in zip(todo, answers, logps, strict=True)]
-                yield rows, len(rows)
+            def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
+                encoded: _Batch | None = None  # encoded once for the conditions that need the same samples
+                for condition in self.plan:
+                    todo = [s for s in batch if (*condition.key, s.id) not in done]
+                    if not todo:
+                        continue
+                    if encoded is None or [s.id for s in encoded.samples] != [s.id for s in todo]:
+                        encoded = _encode(adapter, todo, self.sources)
+                    answers, logps = _answer(adapter, mode, encoded, condition.heads, means, self.max_new_tokens)
+                    rows = [self._row(adapter, mode, condition, *r) for r in zip(todo, answers, logps, strict=True)]
+                    yield rows, len(rows)
 
-        yield work
+            yield work
 
     def _row(
         self, adapter: ChatAdapter, mode: AblationMode, condition: Condition, sample: Sample, answer: str, logp: float
@@ -277,6 +283,7 @@ class AblateStudy(Study):
             "ranking": condition.ranking,
             "condition": condition.name,
             "k": condition.k,
+            "draw": condition.draw,
             "id": sample.id,
             "mode": self.mode,
             "heads": [list(h) for h in condition.heads],
@@ -293,12 +300,32 @@ class AblateStudy(Study):
     def summarise(
         self, adapter: ChatAdapter, samples: list[Sample], rows: Any, out: Path | None, shard: Shard
     ) -> dict[str, Any] | None:
-        return {"heads": self.heads, "mode": self.mode, "conditions": summarize(rows)} if shard.main else None
+        if not shard.main:
+            return None
+        summary = {"heads": self.heads, "mode": self.mode, **self.about(), "conditions": summarize(rows)}
+        if ablation_mode(self.mode).reference:
+            summary["reference"] = self.settings(adapter)["reference"]
+        return summary
 
     def publish(self, folder: RunFolder, summary: dict[str, Any], samples: list[Sample]) -> None:
         super().publish(folder, summary, samples)
         title = f"{self.mode} ablation ({len(samples)} samples)"
         ablation_sweep(summary["conditions"], title, folder.figure(self.name))
+
+
+def _reference(mode: AblationMode, reference: list[Sample] | None, samples: list[Sample]) -> list[Sample]:
+    """The reference set a mode takes its head means from: given, and disjoint from the evaluated samples."""
+    if not mode.reference:
+        return []
+    if not reference:
+        raise ValueError(f"mode {mode.name} takes head means from reference samples never evaluated: give reference")
+    shared = sorted({s.id for s in reference} & {s.id for s in samples})
+    if shared:
+        raise ValueError(
+            f"the reference set of mode {mode.name} holds {len(shared)} evaluated sample(s) (e.g. {shared[0]!r}); "
+            "draw it from other samples (another --reference-seed)"
+        )
+    return reference
 
 
 def ablate(
@@ -318,74 +345,31 @@ def ablate(
     dataset: str = "custom",
     shard: Shard | None = None,
     heads: str | None = None,
+    headset: HeadSet | None = None,
+    allow_overlap: bool = False,
+    reference: list[Sample] | None = None,
+    skip_invalid: bool = False,
 ) -> list[dict[str, Any]]:
     """Answer every sample under every condition; rows go to out/ablation.jsonl (resumable, and sharded
     under a distributed launch: see experiments/runs.py), then the paired effects to out/ablation.json
     (labelled with `heads`, what ranked them; default the rankings' names) and out/ablation.png. Each batch
     is encoded once for all conditions.
 
-    For mode `patch`, `sources` maps each sample id to the sample patched from (default: pair_sources).
+    Samples the head set (`rankings` when it is one, else `headset`) was scored on are left out unless
+    `allow_overlap`; samples the mode cannot cut are an error, or skipped with `skip_invalid` (choose_samples).
+    Mode `mean` takes its head means from `reference`, samples disjoint from the evaluated ones; for mode
+    `patch`, `sources` maps each sample id to the sample patched from (default: pair_sources).
     """
     cut = ablation_mode(mode)
-    sources = sources or (pair_sources(samples) if cut.paired else {})
     if isinstance(rankings, HeadSet):
-        rankings = {f"{rankings.metric}:{rankings.query}": rankings.ranking}
+        headset, rankings = rankings, {f"{rankings.metric}:{rankings.query}": rankings.ranking}
+    chosen = choose_samples(samples, headset, allow_overlap, mode, skip_invalid)
+    samples = chosen.samples
+    sources = sources or (pair_sources(samples) if cut.paired else {})
     plan = plan_conditions(rankings, ks, seeds, controls, user)
     label = heads if heads is not None else ",".join(rankings)
     study = AblateStudy(
-        dataset, mode, rankings, user, plan, ks, seeds, controls, batch_size, max_new_tokens, sources, label
-    )
+        dataset, mode, rankings, user, plan, ks, seeds, controls, batch_size, max_new_tokens, sources, label,
+        chosen, _reference(cut, reference, samples),
+    )  # fmt: skip
     return run_study(study, adapter, samples, out, shard, on_progress).rows
-
-
-def _effect(diffs: np.ndarray) -> tuple[float, list[float], float]:
-    """Mean paired difference, its 95% bootstrap interval and the permutation p-value."""
-    mean, low, high = bootstrap_mean_ci(diffs[:, None])
-    return float(mean[0]), [float(low[0]), float(high[0])], paired_permutation_p(diffs)
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (ranking, condition, k): accuracy, mean answer log-prob, paired effects vs `none` (and for top-k
-    vs the mean of the same-k random controls) with 95% CIs and permutation p-values."""
-    base = {r["id"]: r for r in rows if r["condition"] == "none"}
-    groups: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["ranking"], r["condition"], r["k"]), {})[r["id"]] = r
-    randoms: dict[int, dict[str, list[float]]] = {}  # k -> id -> correctness under each random control
-    to_source: dict[int, dict[str, list[float]]] = {}  # the same for moving to the source's answer (patch)
-    for (_, name, k), by_id in groups.items():
-        if name.startswith("random-"):
-            for i, r in by_id.items():
-                randoms.setdefault(k, {}).setdefault(i, []).append(float(r["correct"]))
-                to_source.setdefault(k, {}).setdefault(i, []).append(float(r.get("to_source", 0.0)))
-
-    def order(key: tuple[str, str, int]) -> tuple[int, str, int, str]:
-        ranking, name, k = key
-        return (k, ranking, {"none": 0, "user": 1, "top": 2, "bottom": 3}.get(name, 4), name)
-
-    table = []
-    for key in sorted(groups, key=order):
-        ranking, name, k = key
-        by_id = groups[key]
-        common = [i for i in sorted(base) if i in by_id]
-        if not common:
-            continue
-        acc = np.array([float(by_id[i]["correct"]) for i in common])
-        d_acc = acc - np.array([float(base[i]["correct"]) for i in common])
-        d_logp = np.array([by_id[i]["answer_logprob"] - base[i]["answer_logprob"] for i in common])
-        row: dict[str, Any] = {"ranking": ranking, "condition": name, "k": k, "n": len(common)}
-        row["accuracy"] = float(acc.mean())
-        row["delta_accuracy"], row["delta_accuracy_ci"], row["p_value"] = _effect(d_acc)
-        row["delta_logprob"], row["delta_logprob_ci"], row["delta_logprob_p"] = _effect(d_logp)
-        paired = [i for i in common if i in randoms.get(k, {})]
-        if name == "top" and paired:
-            vs = np.array([float(by_id[i]["correct"]) - np.mean(randoms[k][i]) for i in paired])
-            row["vs_random"], row["vs_random_ci"], row["vs_random_p"] = _effect(vs)
-        if "to_source" in by_id[common[0]]:  # patching: how often the answer became the source's
-            moved = np.array([float(by_id[i]["to_source"]) for i in common])
-            row["to_source"] = float(moved.mean())
-            if name == "top" and paired:
-                vs = np.array([float(by_id[i]["to_source"]) - np.mean(to_source[k][i]) for i in paired])
-                row["to_source_vs_random"], row["to_source_vs_random_ci"], row["to_source_vs_random_p"] = _effect(vs)
-        table.append(row)
-    return table

@@ -5,7 +5,9 @@ entries kept), on the same samples, interleaved sample by sample so timings shar
 
 - `full`: the model as is (native attention, dense cache);
 - `core`: KV heads serving a CoRe head keep every visual token, the others `budget` of them (snap);
-- `random` / `bottom`: the same with as many random / lowest-scored KV heads in place of the CoRe ones;
+- `random`: the same with as many KV heads drawn at random, outside the CoRe KV heads, in place of the
+  CoRe ones; `seeds` draws (draw d seeded `seed + d`), each its own rows;
+- `bottom`: the same with as many of the lowest-scored KV heads in place of the CoRe ones;
 - `uniform`: every KV head keeps the same share (SnapKV-style);
 - `sparsemm`: per-KV-head shares proportional to the heads' scores (SparseMM-style);
 - `duo`: CoRe KV heads full, the others a few first and the last visual tokens (DuoAttention-style);
@@ -18,9 +20,12 @@ Query-aware (default): the whole prompt is prefilled at once, so the selection s
 Query-agnostic: the visual input is prefilled and compressed first, the question comes after (a second
 turn over the same image, document or video), as kvpress evaluates.
 
-Rows (method, sample, answer, correct, prefill seconds, decode seconds per token, KV bytes kept and full)
-go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there. The summary per method goes
-to RUN/accelerate.json and RUN/accelerate.png when the run is done.
+Held out: the samples the head set was scored on are left out (experiments/heldout.py), unless
+`allow_overlap` keeps them; the manifest and RUN/accelerate.json record which (`held_out`).
+
+Rows (method, draw, sample, answer, correct, prefill seconds, decode seconds per token, KV bytes kept and
+full) go to RUN/accelerate.jsonl as produced; a rerun skips the rows already there. The summary per
+method (`summarize`) goes to RUN/accelerate.json and RUN/accelerate.png when the run is done.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,32 +43,78 @@ from transformers import DynamicCache
 
 from corehead.attention.hybrid import KVPlan, hybrid_plan, kv_fraction
 from corehead.data.sample import Sample
+from corehead.experiments.accelerate_summary import summarize
+from corehead.experiments.heldout import held_out
 from corehead.experiments.kv_methods import KV_METHODS, KVBudget, plan_method
 from corehead.experiments.runs import Shard
 from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
 from corehead.heads import HeadSet
-from corehead.metrics.stats import bootstrap_mean_ci
 from corehead.metrics.tasks import score_answer
 from corehead.models.base import SEQUENCE_KEYS, ChatAdapter, Encoded
 from corehead.models.shape import ModelShape
 from corehead.plots import kv_tradeoff
 from corehead.runfolder import RunFolder
 
-__all__ = ["KV_METHODS", "SEQUENCE_KEYS", "accelerate", "forward_times", "method_plans", "summarize"]
+__all__ = [
+    "KV_METHODS",
+    "SEQUENCE_KEYS",
+    "Arm",
+    "accelerate",
+    "arms_per_sample",
+    "forward_times",
+    "method_arms",
+    "summarize",
+]
 
 
-def method_plans(
-    model: Any, headset: HeadSet, budget: float, methods: list[str], seed: int = 0, prefill: bool = False
-) -> dict[str, KVPlan | None]:
-    """KVPlan per method (None for full), every one at the total visual KV share of `core`; with `prefill`,
-    reduced heads attend only to their kept tokens during the prefill too."""
+@dataclass(frozen=True)
+class Arm:
+    """One way every sample is answered: a method's plan (None: the model as is) and, for a drawn method
+    (`KVMethod.drawn`), which draw it is and the seed it was drawn with."""
+
+    method: str
+    plan: KVPlan | None
+    draw: int | None = None
+    seed: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.method, self.draw
+
+
+def method_arms(
+    model: Any,
+    headset: HeadSet,
+    budget: float,
+    methods: list[str],
+    seed: int = 0,
+    prefill: bool = False,
+    seeds: int = 3,
+) -> list[Arm]:
+    """An arm per method, `seeds` of them (draw d seeded `seed + d`) per drawn method, every one at the total
+    visual KV share of `core`; with `prefill`, reduced heads attend only to their kept tokens in the prefill
+    too."""
     unknown = [m for m in methods if m not in KV_METHODS.names()]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {KV_METHODS.help()}")
     if not 0.0 <= budget <= 1.0:
         raise ValueError(f"budget is a share of the visual tokens, between 0 and 1; got {budget}")
+    if seeds < 1 and any(KV_METHODS.get(m).drawn for m in methods):
+        raise ValueError(f"seeds: a drawn method needs at least one draw; got {seeds}")
     kv = KVBudget.of(ModelShape.of(model), headset, budget, seed, prefill)
-    return {method: plan_method(method, kv) for method in methods}
+    arms = []
+    for method in methods:
+        if not KV_METHODS.get(method).drawn:
+            arms.append(Arm(method, plan_method(method, kv)))
+            continue
+        for draw in range(seeds):
+            arms.append(Arm(method, plan_method(method, replace(kv, seed=seed + draw)), draw, seed + draw))
+    return arms
+
+
+def arms_per_sample(methods: list[str], seeds: int) -> int:
+    """How many rows each sample gets (progress bars): one per method, `seeds` per drawn method."""
+    return sum(seeds if KV_METHODS.get(m).drawn else 1 for m in methods)
 
 
 @contextmanager
@@ -145,18 +196,20 @@ def _run_one(
 
 @dataclass(frozen=True)
 class AccelerateStudy(Study):
-    """Every sample under every method's plan, one sample at a time (methods interleaved, so timings share
-    conditions); rows keyed by (method, id)."""
+    """Every sample under every arm's plan, one sample at a time (arms interleaved, so timings share
+    conditions); rows keyed by (method, draw, id)."""
 
     name: ClassVar[str] = "accelerate"
     dataset: str
     heads: list[tuple[int, int]]  # the head set's ranking
-    plans: dict[str, KVPlan | None]
+    arms: list[Arm]
     budget: float
     prefill: bool
     query_agnostic: bool
     seed: int
+    seeds: int
     max_new_tokens: int
+    held_out: dict[str, Any]  # HeldOut.record()
     batch_size: int = 1
 
     @property
@@ -164,22 +217,33 @@ class AccelerateStudy(Study):
         return {"budget": self.budget, "prefill": self.prefill, "query_agnostic": self.query_agnostic}
 
     def settings(self, adapter: ChatAdapter) -> dict[str, Any]:
-        return {"model": adapter.name, "dataset": self.dataset, "heads": self.heads, **self.setting, "seed": self.seed}
+        held = {"allow_overlap": self.held_out["allow_overlap"]}
+        about = {"model": adapter.name, "dataset": self.dataset, "heads": self.heads, **self.setting, **held}
+        return {**about, "seed": self.seed}  # more or fewer --seeds reuse the draws done (rows keyed by draw)
 
     def info(self, adapter: ChatAdapter) -> dict[str, Any]:
-        return {"methods": list(self.plans), "max_new_tokens": self.max_new_tokens}
+        every = adapter.shape.kv_heads()
+        draws: dict[str, list[dict[str, Any]]] = {}  # per drawn method: each draw's seed, the KV heads it keeps
+        for arm in self.arms:
+            if arm.draw is not None and arm.plan is not None:
+                whole = [list(kv) for kv in every if kv not in arm.plan.budgets]
+                draws.setdefault(arm.method, []).append({"draw": arm.draw, "seed": arm.seed, "full_kv_heads": whole})
+        methods = list(dict.fromkeys(arm.method for arm in self.arms))
+        held = {"held_out": self.held_out, "seeds": self.seeds, "draws": draws}
+        return {"methods": methods, "max_new_tokens": self.max_new_tokens, **held}
 
     def keys(self, sample: Sample) -> list[Hashable]:
-        return [(method, sample.id) for method in self.plans]
+        return [(*arm.key, sample.id) for arm in self.arms]
 
     def store(self, out: Path | None, shard: Shard, position: Position) -> JsonRows:
-        order = {m: i for i, m in enumerate(self.plans)}
+        order = {arm.key: i for i, arm in enumerate(self.arms)}
         path = RunFolder(out).rows(self.name) if out is not None else None
+
+        def key(r: dict[str, Any]) -> tuple[str, int | None, str]:
+            return r["method"], r.get("draw"), r["id"]
+
         return JsonRows(
-            path,
-            lambda r: (r["method"], r["id"]),
-            lambda r: (position(r["id"]), order.get(r["method"], len(order)), r["method"]),
-            shard,
+            path, key, lambda r: (position(r["id"]), order.get(key(r)[:2], len(order)), repr(key(r))), shard
         )
 
     @contextmanager
@@ -188,20 +252,29 @@ class AccelerateStudy(Study):
 
         def work(batch: list[Sample], done: set[Hashable]) -> Iterator[tuple[Any, int]]:
             for sample in batch:
-                for method, plan in self.plans.items():
-                    if (method, sample.id) in done:
+                for arm in self.arms:
+                    if (*arm.key, sample.id) in done:
                         continue
-                    share = 1.0 if plan is None else kv_fraction(plan, shape.n_layers, shape.n_kv_heads)
-                    row = {"method": method, "id": sample.id, **self.setting, "visual_kv_share": share}
-                    row.update(_run_one(adapter, sample, plan, self.max_new_tokens, self.query_agnostic))
+                    share = 1.0 if arm.plan is None else kv_fraction(arm.plan, shape.n_layers, shape.n_kv_heads)
+                    row: dict[str, Any] = {"method": arm.method, "draw": arm.draw, "draw_seed": arm.seed}
+                    row.update({"id": sample.id, **self.setting, "visual_kv_share": share})
+                    row.update(_run_one(adapter, sample, arm.plan, self.max_new_tokens, self.query_agnostic))
                     yield [row], 1
 
         yield work
 
+    def rows_of_arms(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows of this run's arms (a folder may hold rows of methods or draws run before)."""
+        keys = {arm.key for arm in self.arms}
+        return [r for r in rows if (r["method"], r.get("draw")) in keys]
+
     def summarise(
         self, adapter: ChatAdapter, samples: list[Sample], rows: Any, out: Path | None, shard: Shard
     ) -> dict[str, Any] | None:
-        return {**self.setting, "methods": summarize(rows)} if shard.main else None
+        if not shard.main:
+            return None
+        held = {"seeds": self.seeds, "held_out": self.held_out}
+        return {**self.setting, **held, "methods": summarize(self.rows_of_arms(rows))}
 
     def publish(self, folder: RunFolder, summary: dict[str, Any], samples: list[Sample]) -> None:
         super().publish(folder, summary, samples)
@@ -222,44 +295,15 @@ def accelerate(
     query_agnostic: bool = False,
     dataset: str = "custom",
     shard: Shard | None = None,
+    seeds: int = 3,
+    allow_overlap: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every sample under every method (interleaved); rows go to out/accelerate.jsonl (resumable, sharded
-    under a distributed launch: experiments/runs.py; timings then share the machine), then the summary
-    per method to out/accelerate.json and out/accelerate.png. Progress counts (method, sample) rows."""
-    plans = method_plans(adapter.model, headset, budget, methods or list(KV_METHODS.names()), seed, prefill)
-    study = AccelerateStudy(dataset, headset.ranking, plans, budget, prefill, query_agnostic, seed, max_new_tokens)
-    return run_study(study, adapter, samples, out, shard, on_progress).rows
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per method: accuracy with a 95% CI, median prefill and decode times, KV bytes; ratios to `full`."""
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
-    table = []
-    for method, group in by_method.items():
-        acc = np.array([[float(r["correct"])] for r in group])
-        mean, low, high = bootstrap_mean_ci(acc)
-        decode = [r["decode_s_per_token"] for r in group if r["decode_s_per_token"] is not None]
-        peaks = [r["peak_memory_bytes"] for r in group if r["peak_memory_bytes"] is not None]
-        table.append(
-            {
-                "method": method,
-                "n": len(group),
-                "visual_kv_share": group[0]["visual_kv_share"],
-                "accuracy": float(mean[0]),
-                "accuracy_ci": [float(low[0]), float(high[0])],
-                "prefill_s": float(np.median([r["prefill_s"] for r in group])),
-                "decode_s_per_token": float(np.median(decode)) if decode else None,
-                "kv_bytes": float(np.mean([r["kv_bytes"] for r in group])),
-                "kv_bytes_full": float(np.mean([r["kv_bytes_full"] for r in group])),
-                "peak_memory_bytes": float(np.max(peaks)) if peaks else None,
-            }
-        )
-    full = next((t for t in table if t["method"] == "full"), None)
-    for t in table:
-        for key in ("accuracy", "prefill_s", "decode_s_per_token", "kv_bytes", "peak_memory_bytes"):
-            base = full.get(key) if full is not None else None
-            t[f"{key}_vs_full"] = t[key] / base if base and t[key] is not None else None
-    order = {m: i for i, m in enumerate(KV_METHODS.names())}
-    return sorted(table, key=lambda t: order.get(t["method"], len(order)))
+    """Every held-out sample (those `headset` was scored on are left out unless `allow_overlap`) under every
+    method, `seeds` draws of a drawn one (`random`), interleaved; rows go to out/accelerate.jsonl (resumable,
+    sharded under a distributed launch: experiments/runs.py; timings then share the machine), then the
+    summary per method to out/accelerate.json and out/accelerate.png. Progress counts (arm, sample) rows."""
+    held = held_out(samples, headset, allow_overlap)
+    arms = method_arms(adapter.model, headset, budget, methods or list(KV_METHODS.names()), seed, prefill, seeds)
+    setting = (budget, prefill, query_agnostic, seed, seeds, max_new_tokens, held.record())
+    study = AccelerateStudy(dataset, headset.ranking, arms, *setting)
+    return study.rows_of_arms(run_study(study, adapter, held.samples, out, shard, on_progress).rows)

@@ -26,14 +26,12 @@ MERGED, MERGING = "part-merged.parquet", ".merging.tmp"
 
 
 class ParquetParts:
-    """The parts of one run folder's results/ and maps/; keys are sample ids. `fallbacks` counts the
-    regions of the batches this process wrote that fell back to their best cells."""
+    """The parts of one run folder's results/ and maps/; keys are sample ids."""
 
     def __init__(self, out: Path, shard: Shard, position: Position) -> None:
         self.folder, self.shard, self.position = RunFolder(out), shard, position
         self.results = self.folder.results
         self.part = 0
-        self.fallbacks = 0
 
     def done(self) -> set[Hashable]:
         self.results.mkdir(exist_ok=True)
@@ -60,7 +58,6 @@ class ParquetParts:
         pq.write_table(rows.table, tmp)
         tmp.rename(self.results / f"{name}.parquet")
         self.part += 1
-        self.fallbacks += rows.fallbacks
 
     def merge(self) -> pa.Table:
         self.shard.wait()

@@ -22,7 +22,7 @@ from typing import Any
 from corehead.data.sample import Sample
 from corehead.experiments.ablate import ablate, parse_k, plan_conditions
 from corehead.experiments.ablate import summarize as summarize_ablation
-from corehead.experiments.accelerate import accelerate
+from corehead.experiments.accelerate import accelerate, arms_per_sample
 from corehead.experiments.accelerate import summarize as summarize_acceleration
 from corehead.experiments.evaluate import evaluate
 from corehead.experiments.runs import Shard, current_shard
@@ -43,6 +43,7 @@ class PipelineOptions:
     model: str = "builtin"
     data: str = "synthetic:all"
     seed: int = 0
+    score_seed: int | None = None  # the seed the scoring samples were drawn with (None: `seed`)
     n_ablate: int = 40  # test samples per domain in the ablation
     n_accelerate: int = 20  # test samples per domain in the KV compression comparison
     ks: str = "5%,10%"
@@ -56,7 +57,7 @@ class PipelineOptions:
     eval_batch_size: int = 32
     ablate_batch_size: int = 32
     maps: int = 4  # attention maps kept per scoring run, for the report's overlays
-    query: str = "all"
+    query: str = "question"  # the query rows that rank heads (every group is recorded)
     metric: str = "ram"
 
     def dataset(self, domain: str) -> str:
@@ -128,6 +129,7 @@ class _Stages:
                 options=ScoreOptions(maps=options.maps),
                 on_progress=advance,
                 shard=self.shard,
+                seed=options.seed if options.score_seed is None else options.score_seed,
             )
         return headset
 
@@ -151,6 +153,7 @@ class _Stages:
                 on_progress=advance,
                 dataset=options.dataset(domain),
                 heads=str(RunFolder(self.out).stage("score", domain).heads),
+                headset=headset,
                 shard=self.shard,
             )
         return summarize_ablation(rows)
@@ -158,9 +161,8 @@ class _Stages:
     def accelerate(self, domain: str, headset: HeadSet, samples: list[Sample]) -> list[dict[str, Any]]:
         options = self.options
         chosen = samples[: options.n_accelerate]
-        with self.progress(
-            f"KV compression on {domain}", share(chosen, 1, self.shard) * len(options.methods)
-        ) as advance:
+        arms = arms_per_sample(list(options.methods), options.seeds)
+        with self.progress(f"KV compression on {domain}", share(chosen, 1, self.shard) * arms) as advance:
             rows = accelerate(
                 self.adapter,
                 chosen,
@@ -173,5 +175,6 @@ class _Stages:
                 prefill=options.prefill,
                 dataset=options.dataset(domain),
                 shard=self.shard,
+                seeds=options.seeds,
             )
         return summarize_acceleration(rows)

@@ -5,12 +5,15 @@ and `unit_mass`, the attention mass on each of the sample's units (image, page o
 batch as parquet parts and merged in dataset order at the end, the same for any batch size or number of
 processes (experiments/parts.py). RUN/manifest.json says what was run and how far it got. With `maps` = N,
 RUN/maps/part-*.safetensors keeps the first N samples' per-token attention maps, token cells and
-(downscaled) pictures for the report (RunFolder.load_maps). A scoring run that selects heads also writes
-RUN/heads.json (or heads-correct.json) and RUN/heads.png.
+(downscaled) pictures for the report (RunFolder.load_maps). At the end the manifest gets `region_mapping`:
+how many evidence and distractor regions were mapped and how many fell back to their best cells. A scoring
+run that selects heads also writes RUN/heads.json (or heads-correct.json), which records the scored
+samples and the fallback rate, and RUN/heads.png.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -27,9 +30,9 @@ from corehead.data.sample import Sample
 from corehead.experiments.evaluate import evaluate
 from corehead.experiments.parts import ParquetParts
 from corehead.experiments.runs import Shard
-from corehead.experiments.score_batch import ScoreOptions, score_batch
+from corehead.experiments.score_batch import ScoreOptions, mapping_counts, score_batch
 from corehead.experiments.study import Outcome, Position, Study, Work, run_study
-from corehead.heads import HeadScores, HeadSet, make_headset, select_heads
+from corehead.heads import HeadScores, HeadSet, make_headset, scored_samples, select_heads
 from corehead.metrics.ram import STATS
 from corehead.models.base import ChatAdapter
 from corehead.plots import head_map
@@ -40,10 +43,28 @@ __all__ = ["ScoreOptions", "ScoreRun", "run_rankings", "score", "score_and_selec
 
 @dataclass
 class ScoreRun:
-    """Rows of a scoring run, as a table, and the fallbacks counted while mapping regions."""
+    """Rows of a scoring run, as a table, and how its samples' regions were mapped (MAPPING_KEYS counts)."""
 
     table: pa.Table
-    fallbacks: int
+    mapping: dict[str, int]
+
+    @property
+    def fallbacks(self) -> int:
+        """Evidence regions too small for the overlap threshold, mapped to their best cells instead."""
+        return self.mapping["fallbacks"]
+
+    @property
+    def fallback_rate(self) -> float:
+        """Share of the evidence regions that fell back (NaN for rows that do not record it)."""
+        return self.fallbacks / self.mapping["regions"] if self.mapping["regions"] else float("nan")
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run sums up to: its head set (with a selection) and its region mapping counts."""
+
+    headset: HeadSet | None
+    mapping: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -51,7 +72,7 @@ class Selection:
     """How a scoring run picks its CoRe heads: rank by `metric` on `query` rows, keep a share or a count;
     with `correct_only`, rank on the samples the model answers correctly."""
 
-    query: str = "all"
+    query: str = "question"
     metric: str = "ram"
     fraction: float = 0.05
     count: int | None = None
@@ -67,6 +88,7 @@ class ScoreStudy(Study):
     options: ScoreOptions
     batch_size: int
     selection: Selection | None = None
+    seed: int | None = None  # the seed the samples were drawn with (recorded, as the head set's provenance)
 
     def settings(self, adapter: ChatAdapter) -> dict[str, Any]:
         opts = asdict(self.options)
@@ -80,6 +102,7 @@ class ScoreStudy(Study):
             "stats": list(STATS),
             "query_groups": list(ROW_GROUPS),
             "batch_size": self.batch_size,
+            "seed": self.seed,
         }
 
     def keys(self, sample: Sample) -> list[Hashable]:
@@ -102,12 +125,13 @@ class ScoreStudy(Study):
 
     def summarise(
         self, adapter: ChatAdapter, samples: list[Sample], rows: pa.Table, out: Path | None, shard: Shard
-    ) -> HeadSet | None:
-        """The selected head set (every process computes it; with `correct_only`, after answering the
-        samples into RUN/answers.jsonl)."""
+    ) -> ScoreSummary:
+        """The region mapping counts and, with a selection, the head set (every process computes it; with
+        `correct_only`, after answering the samples into RUN/answers.jsonl)."""
+        mapping = mapping_counts(rows)
         chosen = self.selection
         if chosen is None or out is None:
-            return None
+            return ScoreSummary(None, mapping)
         only = None
         if chosen.correct_only:  # as Retrieval Head does: only samples the model answers correctly
             answers = RunFolder(out).answers
@@ -119,7 +143,7 @@ class ScoreStudy(Study):
                 )
         scores = HeadScores.from_table(rows, metric=chosen.metric, query=chosen.query, only=only)
         selected, selection = select_heads(scores, fraction=chosen.fraction, count=chosen.count)
-        return make_headset(
+        headset = make_headset(
             scores,
             selected,
             selection,
@@ -133,13 +157,30 @@ class ScoreStudy(Study):
                 "correct_only": chosen.correct_only,
                 **asdict(self.options),
             },
+            scored=scored_samples(self.dataset, self.seed, [s.id for s in samples]),
+            mapping=mapping,
         )
+        return ScoreSummary(headset, mapping)
 
-    def publish(self, folder: RunFolder, summary: HeadSet, samples: list[Sample]) -> None:
+    def publish(self, folder: RunFolder, summary: ScoreSummary, samples: list[Sample]) -> None:
+        """The mapping counts into the manifest; the head set (if any) and its map."""
+        _record_mapping(folder, summary.mapping)
+        headset = summary.headset
+        if headset is None:
+            return
         correct_only = self.selection is not None and self.selection.correct_only
-        summary.save(folder.heads_correct if correct_only else folder.heads)
-        title = f"{summary.metric} per head ({summary.query} rows, {summary.n_samples} samples)"
-        head_map(np.asarray(summary.scores["mean"]), summary.selected, title, folder.figure("score"))
+        headset.save(folder.heads_correct if correct_only else folder.heads)
+        title = f"{headset.metric} per head ({headset.query} rows, {headset.n_samples} samples)"
+        head_map(np.asarray(headset.scores["mean"]), headset.selected, title, folder.figure("score"))
+
+
+def _record_mapping(folder: RunFolder, mapping: dict[str, int]) -> None:
+    """Add the run's region mapping counts and fallback rate to its manifest.json (atomically)."""
+    rate = mapping["fallbacks"] / mapping["regions"] if mapping["regions"] else None
+    manifest = {**folder.manifest(), "region_mapping": {**mapping, "fallback_rate": rate}}
+    tmp = folder.manifest_path.with_name(f".{folder.manifest_path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(folder.manifest_path)
 
 
 def score(
@@ -162,9 +203,8 @@ def score(
 
 
 def _scored(outcome: Outcome) -> ScoreRun:
-    """The rows, and the fallbacks counted by this process's parts."""
-    assert isinstance(outcome.store, ParquetParts)
-    return ScoreRun(outcome.rows, outcome.store.fallbacks)
+    """The rows, and their region mapping counts."""
+    return ScoreRun(outcome.rows, outcome.summary.mapping)
 
 
 def run_rankings(run: Path, specs: list[str]) -> dict[str, list[tuple[int, int]]]:
@@ -187,7 +227,7 @@ def score_heads(
     samples: list[Sample],
     out: Path | None = None,
     metric: str = "ram",
-    query: str = "all",
+    query: str = "question",
     dataset: str = "custom",
     options: ScoreOptions | None = None,
 ) -> HeadScores:
@@ -206,7 +246,7 @@ def score_and_select(
     samples: list[Sample],
     out: Path,
     dataset: str,
-    query: str = "all",
+    query: str = "question",
     metric: str = "ram",
     fraction: float = 0.05,
     count: int | None = None,
@@ -214,9 +254,11 @@ def score_and_select(
     on_progress: Callable[[int], None] | None = None,
     correct_only: bool = False,
     shard: Shard | None = None,
+    seed: int | None = None,
 ) -> tuple[HeadSet, ScoreRun]:
     """A whole scoring run: record into `out`, rank by `metric` on `query` rows, select, save the head set
-    and its map (out/heads.png).
+    and its map (out/heads.png). `dataset` (the spec) and `seed` (what the samples were drawn with) go into
+    the head set's record of its scored samples (`HeadSet.scored`), beside the samples' ids.
 
     With `correct_only`, heads are ranked on the samples the model answers correctly (answers are kept in
     out/answers.jsonl) and saved as out/heads-correct.json; otherwise out/heads.json. Under a distributed
@@ -228,6 +270,6 @@ def score_and_select(
     if query == "generated":
         options = replace(options, generated=True)
     selection = Selection(query, metric, fraction, count, correct_only)
-    study = ScoreStudy(dataset, options, options.batch_size, selection)
+    study = ScoreStudy(dataset, options, options.batch_size, selection, seed)
     outcome = run_study(study, adapter, samples, out, shard, on_progress)
-    return outcome.summary, _scored(outcome)
+    return outcome.summary.headset, _scored(outcome)

@@ -1,7 +1,8 @@
 """One batch of a scoring run: record every head's RAM statistics, as rows of a table, and maps to keep.
 
-Rows: one per (sample, layer, head, query group) with every statistic of metrics/ram.py and `unit_mass`,
-the attention mass on each of the sample's units. Maps (the first samples of a run scored with `maps`):
+Rows: one per (sample, layer, head, query group) with every statistic of metrics/ram.py, `unit_mass` (the
+attention mass on each of the sample's units) and the sample's MAPPING_KEYS counts (its evidence and distractor
+regions, and how many of each fell back to their best cells). Maps (the first samples of a run scored with `maps`):
 every head's mass on each visual token, the tokens' cells and the units' pictures, for the report.
 """
 
@@ -16,8 +17,10 @@ import torch
 
 from corehead.attention.recorder import ROW_GROUPS, RowPlan, plan_rows, record
 from corehead.data.sample import Sample, SampleError
+from corehead.heads import MAPPING_KEYS
 from corehead.metrics.ram import STATS
-from corehead.models.base import ChatAdapter, Encoded, sample_region_tokens
+from corehead.models.base import ChatAdapter, Encoded
+from corehead.models.regions import WEIGHTINGS, distractor_weights, region_weights
 
 MAP_PICTURE = 384  # px on the longer side of the pictures kept with maps
 
@@ -26,22 +29,27 @@ MAP_PICTURE = 384  # px on the longer side of the pictures kept with maps
 class ScoreOptions:
     """How samples are scored; saved in the manifest, and a rerun into the same folder must match."""
 
-    min_overlap: float = 0.5  # share of a cell inside the region for its token to count
+    min_overlap: float = 0.5  # share of a cell inside the region for its token to count (binary weighting)
+    region_weighting: str = "binary"  # or "fractional": each token weighted by its cell's share in the box
     batch_size: int = 4
     answer: bool = True  # teacher-force the gold answer so its rows can be recorded
     generated: bool = False  # instead, generate an answer and record its tokens' rows ('generated' group)
     max_new_tokens: int = 16
     maps: int = 0  # keep every head's map over the visual tokens for the first `maps` samples (RunFolder.load_maps)
 
+    def __post_init__(self) -> None:
+        if self.region_weighting not in WEIGHTINGS:
+            raise ValueError(f"region weighting must be one of {', '.join(WEIGHTINGS)}, got {self.region_weighting!r}")
+        if not 0 < self.min_overlap <= 1:
+            raise ValueError(f"min_overlap is a share of a cell, in (0, 1]; got {self.min_overlap}")
+
 
 @dataclass
 class ScoredBatch:
-    """A batch's rows, the maps kept for its samples (safetensors keys 'ID/name') and the regions that fell
-    back to their best cells (too small for the overlap threshold)."""
+    """A batch's rows and the maps kept for its samples (safetensors keys 'ID/name')."""
 
     table: pa.Table
     maps: dict[str, torch.Tensor]
-    fallbacks: int
 
 
 def score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptions, mapped: set[str]) -> ScoredBatch:
@@ -49,10 +57,10 @@ def score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptio
     whose answer tokens' rows form the 'generated' group; keep the maps of the samples in `mapped`."""
     for s in samples:
         if not s.regions:
-            raise SampleError(s.id, "regions", "RAM needs an evidence region; this sample has none (eval it instead)")
+            raise SampleError.of(s, "regions", "RAM needs an evidence region; this sample has none (eval it instead)")
     encoded = [adapter.encode(s, answer=options.answer and not options.generated) for s in samples]
     batch = adapter.collate(encoded)
-    plan, fallbacks = _plan(samples, encoded, int(batch["input_ids"].shape[1]), options.min_overlap)
+    plan, mapping = _plan(samples, encoded, int(batch["input_ids"].shape[1]), options)
     plan.keep_maps = any(s.id in mapped for s in samples)
     inputs = {k: v.to(adapter.model.device) for k, v in batch.items()}
     groups = list(ROW_GROUPS)
@@ -67,23 +75,27 @@ def score_batch(adapter: ChatAdapter, samples: list[Sample], options: ScoreOptio
         stats = torch.cat([stats, _generated_stats(plan, new.cpu(), adapter.end_token)[:, :, :, None]], dim=3)
         groups.append("generated")
     maps = _maps(samples, encoded, plan, mapped) if plan.keep_maps else {}
-    return ScoredBatch(_table(samples, stats, groups), maps, fallbacks)
+    return ScoredBatch(_table(samples, stats, groups, mapping), maps)
 
 
-def _plan(samples: list[Sample], encoded: list[Encoded], width: int, min_overlap: float) -> tuple[RowPlan, int]:
-    """The rows to record and the region / distractor tokens of each sample; the regions that fell back."""
-    regions, dists, fallbacks = [], [], 0
+def _plan(
+    samples: list[Sample], encoded: list[Encoded], width: int, options: ScoreOptions
+) -> tuple[RowPlan, np.ndarray]:
+    """The rows to record and the region / distractor weights of each sample; per sample, the MAPPING_KEYS counts."""
+    regions, dists, mapping = [], [], []
+    how = (options.min_overlap, options.region_weighting)
     for s, e in zip(samples, encoded, strict=True):
-        r = sample_region_tokens(s, e.token_map, min_overlap=min_overlap)
-        regions.append(r.indices)
-        fallbacks += r.fallbacks
-        d = sample_region_tokens(s, e.token_map, s.distractors, min_overlap) if s.distractors else None
-        dists.append(d.indices if d is not None else np.zeros(0, dtype=np.int64))
-    return plan_rows(encoded, width, regions, dists, [len(s.distractors) for s in samples]), fallbacks
+        r = region_weights(s, e.token_map, *how)
+        d = distractor_weights(s, e.token_map, *how)
+        regions.append(r.weights)
+        dists.append(d.weights)
+        mapping.append([r.regions, r.fallbacks, d.regions, d.fallbacks])  # in MAPPING_KEYS order
+    return plan_rows(encoded, width, regions, dists), np.asarray(mapping, dtype=np.int32)
 
 
-def _table(samples: list[Sample], stats: torch.Tensor, groups: list[str]) -> pa.Table:
-    """stats [B, L, H, G, S + U] as rows (sample, layer, head, query group) with each statistic and unit_mass."""
+def _table(samples: list[Sample], stats: torch.Tensor, groups: list[str], mapping: np.ndarray) -> pa.Table:
+    """stats [B, L, H, G, S + U] as rows (sample, layer, head, query group) with each statistic, unit_mass and
+    the sample's MAPPING_KEYS counts."""
     b, n_layers, n_heads, n_groups, _ = stats.shape
     idx = np.indices((b, n_layers, n_heads, n_groups)).reshape(4, -1)
     columns: dict[str, Any] = {
@@ -98,7 +110,18 @@ def _table(samples: list[Sample], stats: torch.Tensor, groups: list[str]) -> pa.
         columns[name] = flat[:, k].astype(np.float32)
     units = stats[..., len(STATS) :].reshape(len(idx[0]), -1).numpy().astype(np.float32)
     columns["unit_mass"] = [units[r, : len(samples[b].units)] for r, b in enumerate(idx[0])]
+    for k, name in enumerate(MAPPING_KEYS):
+        columns[name] = mapping[idx[0], k]
     return pa.table(columns)
+
+
+def mapping_counts(table: pa.Table) -> dict[str, int]:
+    """The MAPPING_KEYS counts summed over the samples of a scoring run's rows (0 for runs that predate them)."""
+    if MAPPING_KEYS[0] not in table.column_names:
+        return dict.fromkeys(MAPPING_KEYS, 0)
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    return {name: int(table.column(name).to_numpy()[first].sum()) for name in MAPPING_KEYS}
 
 
 def _maps(samples: list[Sample], encoded: list[Encoded], plan: RowPlan, mapped: set[str]) -> dict[str, torch.Tensor]:
@@ -118,8 +141,8 @@ def _maps(samples: list[Sample], encoded: list[Encoded], plan: RowPlan, mapped: 
         maps[f"{s.id}/attention"] = attention[b, ..., :n].to(torch.float16).contiguous()
         maps[f"{s.id}/cells"] = torch.from_numpy(e.token_map.cells.astype(np.float32))
         maps[f"{s.id}/units"] = torch.from_numpy(e.token_map.units.astype(np.int64))
-        maps[f"{s.id}/region"] = plan.region[b, :n].clone()
-        maps[f"{s.id}/distractors"] = plan.distractors[b, :n].clone()
+        maps[f"{s.id}/region"] = plan.region[b, :n] > 0
+        maps[f"{s.id}/distractors"] = plan.distractors[b, :n] > 0
     return maps
 
 

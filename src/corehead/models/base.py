@@ -39,6 +39,24 @@ class VisualTokenMap:
         """Boolean mask of the tokens that cover `unit` (a video token covers its whole frame pair)."""
         return (self.units <= unit) & (unit < self.units + self.spans)
 
+    def cell_shares(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
+        """The tokens covering `region`'s unit (indices into this map) and the share of each one's cell that lies
+        inside the region's box (1 for a whole-unit region). No token on the unit raises ValueError."""
+        on_unit = np.flatnonzero(self.covers_unit(region.unit))
+        if len(on_unit) == 0:
+            raise ValueError(f"no visual token covers unit {region.unit} (was it capped away?)")
+        if region.box is None:
+            return on_unit, np.ones(len(on_unit))
+        x0, y0, x1, y1 = region.box
+        c = self.cells[on_unit]
+        inter = np.clip(np.minimum(c[:, 2], x1) - np.maximum(c[:, 0], x0), 0, None) * np.clip(
+            np.minimum(c[:, 3], y1) - np.maximum(c[:, 1], y0), 0, None
+        )
+        share = inter / ((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]))
+        if share.max() <= 0:
+            raise ValueError(f"box {list(region.box)} overlaps no visual token of unit {region.unit}")
+        return on_unit, share
+
     def region_tokens(self, region: Region, min_overlap: float = 0.5) -> tuple[np.ndarray, bool]:
         """Indices into this map of the tokens covering `region`, and whether the fallback was used.
 
@@ -48,22 +66,10 @@ class VisualTokenMap:
         cell's overlap (so a thin text line straddling two cell rows keeps its whole width). A region
         overlapping no token raises ValueError.
         """
-        on_unit = np.flatnonzero(self.covers_unit(region.unit))
-        if region.box is None or len(on_unit) == 0:
-            if len(on_unit) == 0:
-                raise ValueError(f"no visual token covers unit {region.unit} (was it capped away?)")
-            return on_unit, False
-        x0, y0, x1, y1 = region.box
-        c = self.cells[on_unit]
-        inter = np.clip(np.minimum(c[:, 2], x1) - np.maximum(c[:, 0], x0), 0, None) * np.clip(
-            np.minimum(c[:, 3], y1) - np.maximum(c[:, 1], y0), 0, None
-        )
-        share = inter / ((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1]))
+        on_unit, share = self.cell_shares(region)
         inside = on_unit[share >= min_overlap]
         if len(inside):
             return inside, False
-        if share.max() <= 0:
-            raise ValueError(f"box {list(region.box)} overlaps no visual token of unit {region.unit}")
         return on_unit[share >= 0.5 * share.max()], True
 
     def shifted(self, offset: int) -> VisualTokenMap:
@@ -73,20 +79,46 @@ class VisualTokenMap:
 
 @dataclass
 class Encoded:
-    """One sample as model inputs (batch of one), with the positions analyses need."""
+    """One sample as model inputs (batch of one), with the positions analyses need.
+
+    `tags` says what each token is (TAGS): the query groups of a scoring run are chosen by them.
+    """
 
     inputs: dict[str, torch.Tensor]
     token_map: VisualTokenMap
-    question: np.ndarray  # positions of the question's tokens
-    prompt_end: int  # position of the last prompt token (the one that predicts the first answer token)
-    answer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # gold answer tokens
+    tags: np.ndarray  # [length] str, one of TAGS per token
 
     @property
     def length(self) -> int:
         return int(self.inputs["input_ids"].shape[1])
 
+    def tagged(self, *tags: str) -> np.ndarray:
+        """Positions of the tokens with any of `tags`, in order."""
+        return np.flatnonzero(np.isin(self.tags, tags))
 
-# One element of a token sequence: a tag saying what the text is (question, prompt, answer, end, text)
+    @property
+    def question(self) -> np.ndarray:
+        """Positions of the question's tokens."""
+        return self.tagged("question")
+
+    @property
+    def answer(self) -> np.ndarray:
+        """Positions of the gold answer's tokens (empty unless encoded with the answer)."""
+        return self.tagged("answer")
+
+    @property
+    def prompt_end(self) -> int:
+        """Position of the last prompt token (the one that predicts the first answer token)."""
+        prompt = self.tagged("prompt")
+        return int(prompt[-1]) if len(prompt) else self.length - 1
+
+
+# What each token of an encoded sample is (docs/query-groups.md): chat template text ("prompt": the user
+# turn's opening, the assistant turn's opening), the visual input ("vision": its placeholders and what wraps
+# them, e.g. <|vision_end|>, </img>, the newline after an image, image-newline placeholders, frame
+# timestamps), the question, the gold answer (teacher forcing) and the end of turn after it ("end").
+TAGS: tuple[str, ...] = ("prompt", "vision", "question", "answer", "end")
+# One element of a token sequence: (tag, text)
 Piece = tuple[str, str]
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
@@ -105,7 +137,7 @@ class Assembled:
         self.pixels.setdefault(key, []).append(value)
 
     def encoded(self, with_mm_types: bool = True) -> Encoded:
-        tags = np.array(self.tags)
+        tags = np.array(self.tags, dtype=str)
         inputs: dict[str, torch.Tensor] = {
             "input_ids": torch.tensor([self.ids]),
             "attention_mask": torch.ones(1, len(self.ids), dtype=torch.long),
@@ -113,14 +145,7 @@ class Assembled:
         if with_mm_types:
             inputs["mm_token_type_ids"] = torch.tensor([self.mm_types])
         inputs.update({k: torch.cat(v) for k, v in self.pixels.items() if v})
-        prompt = np.flatnonzero(tags == "prompt")
-        return Encoded(
-            inputs=inputs,
-            token_map=self.token_map,
-            question=np.flatnonzero(tags == "question"),
-            prompt_end=int(prompt[-1]) if len(prompt) else len(self.ids) - 1,
-            answer=np.flatnonzero(tags == "answer"),
-        )
+        return Encoded(inputs=inputs, token_map=self.token_map, tags=tags)
 
 
 class ModelAdapter(Protocol):
@@ -161,7 +186,7 @@ def sample_region_tokens(
         try:
             idx, fell_back = token_map.region_tokens(region, min_overlap)
         except ValueError as exc:
-            raise SampleError(sample.id, f"regions[{k}]", str(exc)) from None
+            raise SampleError.of(sample, f"regions[{k}]", str(exc)) from None
         parts.append(idx)
         fallbacks += int(fell_back)
     indices = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
@@ -237,7 +262,7 @@ class ChatAdapter(ABC):
         try:
             assembled = self.assemble(sample.units, self.user_prefix, pieces)
         except (ValueError, OSError) as exc:
-            raise SampleError(sample.id, "units", str(exc)) from None
+            raise SampleError.of(sample, "units", str(exc)) from None
         return assembled.encoded(self.with_mm_types)
 
     def collate(self, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -274,7 +299,7 @@ class ChatAdapter(ABC):
         unit = sample.units[sample.regions[0].unit]
         box = sample.regions[0].box
         if box is None:
-            raise SampleError(sample.id, "regions[0]", "a grounding sample needs a box")
+            raise SampleError.of(sample, "regions[0]", "a grounding sample needs a box")
         return format_box(box, self.family, unit.width, unit.height, self.seen_size(unit))
 
     def parse_boxes(self, text: str, unit: VisualUnit) -> list[Box]:

@@ -109,7 +109,7 @@ class LlavaAdapter(ChatAdapter):
         parts = []
         for index, image in enumerate(images):
             parts.append(self._place(out, self.image_token, 1, self._layout(*image.size), np.full(1, index)))
-            self.add_text(out, "prompt", "\n")
+            self.add_text(out, "vision", "\n")
         pixels = self.image_processor(images=images, return_tensors="pt")
         for key in self.pixel_keys:
             out.add_pixels(key, pixels[key])
@@ -261,7 +261,7 @@ class LlavaOnevisionAdapter(_AnyresAdapter):
             frame_of = np.asarray(group)[layout.keep // self.pooled**2]
             parts.append(self._place(out, self.video_token, 2, layout, frame_of))
             videos.append(self.frame_processor(images=frames, return_tensors="pt")["pixel_values"][None])
-        self.add_text(out, "prompt", "\n")
+        self.add_text(out, "vision", "\n")
         if images:
             pixels = self.image_processor(images=[list(images.values())], return_tensors="pt")
             for key in self.pixel_keys:

@@ -38,13 +38,38 @@ def runs_table(scores: list[tuple[str, Path]], headsets: list[tuple[str, HeadSet
                 esc(f"{hs.metric} on {hs.query} rows"),
                 esc(json.dumps(hs.selection)),
                 f"{len(hs.selected)} of {hs.n_layers * hs.n_heads}",
+                esc(_fallbacks(hs)),
                 f"<code>{esc(json.dumps(manifest.get('options', hs.options)))}</code>",
                 esc(manifest.get("corehead", "?")),
                 esc(wall(manifest)),
             ]
         )
     header = ["run", "model", "family", "revision", "dataset", "samples", "ranked by", "selection", "CoRe heads"]
-    return table([*header, "options", "corehead", "wall time"], rows, "runs")
+    return table([*header, "regions fallen back", "options", "corehead", "wall time"], rows, "runs")
+
+
+def _fallbacks(hs: HeadSet) -> str:
+    """'2 of 12 (17%)': evidence regions mapped to their best-overlapping cells ('n/a' when not recorded)."""
+    if not hs.regions:
+        return "n/a"
+    return f"{hs.fallbacks} of {hs.regions} ({hs.fallback_rate:.0%})"
+
+
+def mapping_note(hs: HeadSet) -> str:
+    """How the run's regions became tokens: the weighting, the overlap rule and how often it fell back."""
+    weighting = hs.options.get("region_weighting", "binary")
+    if weighting == "fractional":
+        return '<p class="note">regions: each visual token weighted by the share of its cell inside the box.</p>'
+    if not hs.regions:
+        return '<p class="note">regions: this head set does not record how its regions were mapped.</p>'
+    rule = hs.options.get("min_overlap", 0.5)
+    dist = (
+        f"; distractor regions: {hs.distractor_fallbacks} of {hs.distractor_regions}" if hs.distractor_regions else ""
+    )
+    return (
+        f'<p class="note">regions: a token counts when {rule:g} of its cell lies inside the box; '
+        f"{_fallbacks(hs)} evidence regions had no such cell and fell back to their best-overlapping cells{dist}.</p>"
+    )
 
 
 def head_stats(run: Path, query: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -98,7 +123,7 @@ def scoring(
     stats = head_stats(run, hs.query, (hs.n_layers, hs.n_heads)) if RunFolder(run).results.is_dir() else {}
     parts = [_heads_figures(page, slug, index, label, hs)]
     top_table, summary_top = _top_heads(hs, stats)
-    parts += [top_table, _gqa_view(hs)]
+    parts += [mapping_note(hs), top_table, _gqa_view(hs)]
     samples = [load_sample(run, sid, hs.query, questions) for sid in mapped_ids(run)[:n_samples]]
     if samples:
         parts.append(_overlays(page, slug, hs, samples))

@@ -58,9 +58,11 @@ class KVBudget:
 
 
 class KVMethod(ABC):
-    """A way of spending the visual KV budget over the (layer, KV head) pairs."""
+    """A way of spending the visual KV budget over the (layer, KV head) pairs. A `drawn` method plans from
+    a random draw (seeded by `KVBudget.seed`): `accelerate` runs several draws of it, each its own rows."""
 
     name: ClassVar[str]
+    drawn: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, kv: KVBudget) -> KVPlan | None:

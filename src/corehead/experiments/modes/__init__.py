@@ -1,8 +1,9 @@
 """Ablation modes, how `ablate` cuts a head: one small class per mode, one file each, registered by name.
 
-A mode knows what it needs (head means over reference samples, the keys a batch may not attend to, the
-head outputs of each sample's patch source) and applies itself with the interventions of
-corehead.attention. Adding a mode is one new file in this package:
+A mode knows what it needs (head means over a reference set of samples never evaluated, the keys a batch
+may not attend to, the head outputs of each sample's patch source), which samples it cannot cut (`problem`:
+mask-region needs an evidence region), and applies itself with the interventions of corehead.attention.
+Adding a mode is one new file in this package:
 
     @MODES.register("my-mode", order=7)
     class MyMode(AblationMode):
@@ -21,30 +22,42 @@ import numpy as np
 import torch
 
 from corehead.attention.interventions import AttentionKnockout, Head
-from corehead.data.sample import Sample
+from corehead.data.sample import Sample, SampleError
 from corehead.models.base import ChatAdapter, Encoded
 from corehead.registry import Registry
 
 
 @dataclass(frozen=True)
 class Needs:
-    """What cutting heads on one batch may take: head means (`mean`), the keys each sample may not attend
-    to ([B, L] bool, the `mask-*` modes), the source's head outputs and the positions to write them (`patch`)."""
+    """What cutting heads on one batch may take: head means per position type and the batch's visual
+    positions ([B, L] bool; `mean`), the keys each sample may not attend to ([B, L] bool, the `mask-*`
+    modes), the source's head outputs and the positions to write them (`patch`)."""
 
     means: dict[int, torch.Tensor] = field(default_factory=dict)
     forbid: torch.Tensor | None = None
     source: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None
+    visual: torch.Tensor | None = None
 
 
 class AblationMode(ABC):
-    """One way of cutting heads; `paired` modes patch each sample from a source sample (pair_sources)."""
+    """One way of cutting heads; `paired` modes patch each sample from a source sample (pair_sources),
+    modes that take `reference` samples compute head means over them (never the evaluated samples)."""
 
     name: ClassVar[str]
     paired: ClassVar[bool] = False
+    reference: ClassVar[bool] = False
 
-    def means(self, adapter: ChatAdapter, samples: list[Sample], batch_size: int) -> dict[int, torch.Tensor]:
-        """What the whole run needs once: each head's mean output over reference samples (mode `mean`)."""
+    def problem(self, sample: Sample) -> SampleError | None:
+        """Why this mode cannot cut heads on `sample` (None: it can)."""
+        return None
+
+    def means(self, adapter: ChatAdapter, reference: list[Sample], batch_size: int) -> dict[int, torch.Tensor]:
+        """What the whole run needs once: each head's mean output over the reference samples (mode `mean`)."""
         return {}
+
+    def visual(self, encoded: list[Encoded]) -> torch.Tensor | None:
+        """[B, width] visual positions of an encoded batch, for modes that treat them apart (`mean`)."""
+        return None
 
     def source_outputs(self, adapter: ChatAdapter, sources: list[Encoded]) -> dict[int, torch.Tensor] | None:
         """The head outputs of a batch's source samples (mode `patch`), once per batch and condition."""
@@ -61,6 +74,21 @@ class AblationMode(ABC):
     def applied(self, model: Any, heads: tuple[Head, ...], needs: Needs) -> AbstractContextManager[Any]:
         """`cut`, or nothing when no head is cut (the `none` condition)."""
         return self.cut(model, heads, needs) if heads else nullcontext()
+
+
+def positions(encoded: list[Encoded], picks: list[np.ndarray]) -> torch.Tensor:
+    """[B, width] bool: True at the positions of the visual tokens `picks[b]` (indices into sample b's token
+    map) in a left-padded batch."""
+    width = max(e.length for e in encoded)
+    out = torch.zeros(len(encoded), width, dtype=torch.bool)
+    for b, (e, pick) in enumerate(zip(encoded, picks, strict=True)):
+        out[b, torch.as_tensor(e.token_map.positions[pick] + width - e.length)] = True
+    return out
+
+
+def visual_positions(encoded: list[Encoded]) -> torch.Tensor:
+    """[B, width] bool: the positions of every visual token of a left-padded batch."""
+    return positions(encoded, [np.arange(len(e.token_map)) for e in encoded])
 
 
 def last_prompt_token(encoded: list[Encoded]) -> torch.Tensor:
@@ -88,11 +116,7 @@ class Knockout(AblationMode):
 
     def forbidden(self, samples: list[Sample], encoded: list[Encoded]) -> torch.Tensor:
         """[B, width] keys barred in a left-padded batch: the positions of each sample's `tokens`."""
-        width = max(e.length for e in encoded)
-        forbid = torch.zeros(len(encoded), width, dtype=torch.bool)
-        for b, (s, e) in enumerate(zip(samples, encoded, strict=True)):
-            forbid[b, torch.as_tensor(e.token_map.positions[self.tokens(s, e)] + width - e.length)] = True
-        return forbid
+        return positions(encoded, [self.tokens(s, e) for s, e in zip(samples, encoded, strict=True)])
 
     def cut(self, model: Any, heads: tuple[Head, ...], needs: Needs) -> AbstractContextManager[Any]:
         if needs.forbid is None:
