@@ -40,7 +40,7 @@ def domain_study(adapter: Any, domain: str, args: argparse.Namespace) -> list[di
     folder = RunFolder(args.out)
     scored = list(synthetic.generate(domain, args.n, seed=args.score_seed))
     score_run = folder.stage("score", domain).path
-    score_and_select(adapter, scored, score_run, f"synthetic:{domain}", query="question")
+    score_and_select(adapter, scored, score_run, f"synthetic:{domain}", query="question", seed=args.score_seed)
     rankings = run_rankings(score_run, RANKINGS)
     tested = list(synthetic.generate(domain, args.n, seed=args.test_seed))
     ablate_run = folder.stage("ablate", domain).path

@@ -134,3 +134,23 @@ def test_scoring_measures_every_method_in_turn(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(SystemExit):
         scoring.main()
     assert "at least 3" in capsys.readouterr().err
+
+
+def test_rankings_ranks_on_one_seed_and_tests_every_ranking_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--n", "3", "--k", "2", "--seeds", "1", "--domains", "scenes", "--out", str(tmp_path)]
+    printed = _main("rankings", [*args, "--score-seed", "5", "--test-seed", "6"], monkeypatch, capsys)
+    report = json.loads((tmp_path / "rankings.json").read_text())["scenes"]
+    rankings = {r["ranking"] for r in report if r["ranking"]}
+    assert rankings == {"ram:question", "ram:prompt_end", "ram:answer", "ram:all", "ram_minus_distractor:all"}
+    for ranking in rankings:  # every ranking with its own controls
+        assert {r["condition"] for r in report if r["ranking"] == ranking} == {
+            "top", "bottom", "random", "random-layer-matched"
+        }  # fmt: skip
+        assert f"{ranking:26s}" in printed
+    heads = json.loads((tmp_path / "score-scenes" / "heads.json").read_text())
+    tested = {json.loads(line)["id"] for line in (tmp_path / "ablate-scenes" / "ablation.jsonl").open()}
+    assert heads["scored"]["seed"] == 5 and not set(heads["scored"]["ids"]) & tested  # held out
+    with pytest.raises(SystemExit):
+        _main("rankings", [*args, "--score-seed", "5", "--test-seed", "5"], monkeypatch, capsys)
