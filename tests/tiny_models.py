@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import processors
 from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -39,7 +39,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from corehead.data.synthetic import COLOURS, DIGITS, SHAPES, TEMPLATES
-from corehead.models.builtin import build_config, build_image_processor, build_tokenizer
+from corehead.models.builtin import build_config, build_image_processor, build_tokenizer, train_bpe
 from corehead.models.internvl import InternVLAdapter
 from corehead.models.llava import LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter
 from corehead.models.qwen_vl import QwenVLAdapter
@@ -67,21 +67,6 @@ def text_config(vocab_size: int, bos: int | None, eos: int | None, pad: int | No
         "pad_token_id": pad,
         **extra,
     }
-
-
-def _bpe(corpus: list[str], specials: list[str], vocab_size: int) -> Tokenizer:
-    """A ByteLevel BPE tokenizer trained on `corpus`, with `specials` as its first ids."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return tok
 
 
 # --------------------------------------------------------------------------- Qwen-VL
@@ -163,7 +148,7 @@ def llava_tokenizer(style: str) -> PreTrainedTokenizerFast:
         "qwen": ["<|im_start|>", "<|im_end|>", "<pad>", "<image>", "<video>"],
         "llama3": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>", "<image>"],
     }[style]
-    tok = _bpe(_llava_corpus(), specials, 400)
+    tok = train_bpe(_llava_corpus(), specials, 400)
     if style == "llama":
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     return PreTrainedTokenizerFast(
@@ -278,7 +263,7 @@ def tiny_llava(kind: str) -> LlavaAdapter:
 
 def internvl_tokenizer(specials: list[str]) -> PreTrainedTokenizerFast:
     """A small ByteLevel BPE with `specials` (InternVL's image tokens, or fewer to test the refusal)."""
-    tok = _bpe(["user assistant Frame1: What colour is the star? Which number is next to it?"], specials, 300)
+    tok = train_bpe(["user assistant Frame1: What colour is the star? Which number is next to it?"], specials, 300)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
 
 

@@ -8,6 +8,7 @@ Vision: patch 16, 2x2 merge (32 px per decoder token), temporal patch 2, depth 4
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -44,18 +45,24 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained offline on the synthetic corpus (deterministic)."""
+def train_bpe(corpus: Iterable[str], specials: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus` (deterministic), with `specials` as its first ids."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained offline on the synthetic corpus (deterministic)."""
+    tok = train_bpe(_corpus(), SPECIAL_TOKENS, VOCAB_SIZE)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
