@@ -38,6 +38,7 @@ from corehead.data.sample import Region, Sample, SampleError
 from corehead.data.synthetic import make_sample
 from corehead.models.base import VisualTokenMap
 from corehead.models.llava import (
+    CHATML,
     LLAMA3,
     MISTRAL,
     LlavaAdapter,
@@ -387,15 +388,15 @@ def test_chat_formats_match_the_checkpoints() -> None:
     for tok, text_type, expected in [
         (llava_tokenizer("llama"), "mistral", MISTRAL),
         (llava_tokenizer("llama3"), "llama", LLAMA3),
-        (llava_tokenizer("qwen"), "qwen2", ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>")),
+        (llava_tokenizer("qwen"), "qwen2", CHATML),
     ]:
         config = base.model.config.to_dict()
         config["text_config"] = llava_text_config(tok, text_type)
         config["image_token_index"] = tok.convert_tokens_to_ids("<image>")
         model = LlavaNextForConditionalGeneration(LlavaNextConfig(**config)).eval()
         adapter = LlavaNextAdapter(model, tok, base.image_processor, "next-chat")
-        assert (adapter.user_prefix.removeprefix("<s>"), adapter.assistant_prefix, adapter.end_of_turn) == expected
-        assert adapter.end_token == tok.convert_tokens_to_ids(expected[2])
+        assert adapter.chat == expected and adapter.chat.source == "fallback"
+        assert adapter.end_token == tok.convert_tokens_to_ids(expected.end)
         with torch.no_grad():
             model(**adapter.encode(probe_sample(two)).inputs)
 

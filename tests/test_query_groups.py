@@ -52,12 +52,14 @@ def test_each_group_holds_exactly_its_tagged_text(family: str, domain: str) -> N
 
         groups = group_rows(e)
         gold = sample.answer if answer else ""
+        pieces = adapter.chat.pieces(adapter.items(sample.units), sample.question)
+        opening = "".join(text for _, text in pieces[[tag for tag, _ in pieces].index("question") + 1 :])
         assert text(groups["question"]) == sample.question
         assert text(groups["answer"]) == gold
-        assert text(np.arange(groups["prompt_end"][0] + 1)).endswith(adapter.assistant_prefix)
+        assert text(np.arange(groups["prompt_end"][0] + 1)).endswith(opening)
         # 'all': the question, the assistant turn's opening and the answer, contiguous, nothing else
         rows = groups["all"]
-        assert text(rows) == sample.question + adapter.assistant_prefix + gold
+        assert text(rows) == sample.question + opening + gold
         assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1)) and rows[0] == groups["question"][0]
         after = np.arange(int(e.token_map.positions.max()) + 1, e.length)
         wrapper, end = LEFT_OUT[family]

@@ -12,8 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from corehead.data.sample import Sample
+from corehead.data.sample import Sample, VisualUnit
 from corehead.experiments.evaluate import evaluate
+from corehead.models.base import Assembled
+from corehead.models.builtin import CHAT
 from corehead.models.builtin.batches import make_batch
 from corehead.models.builtin.train import TrainConfig, train
 from corehead.models.qwen_vl import QwenVLAdapter
@@ -170,7 +172,11 @@ def test_still_video_asks_the_same_questions_over_video_tokens() -> None:
     assert [r.unit for r in video.facts[0].regions] == list(range(SEGMENT_FRAMES))
     rng = np.random.default_rng(0)
     prefix, pieces = chat_pieces(scene, rng, False, 2)
-    as_image, as_video = adapter.assemble(scene.units, prefix, pieces), adapter.assemble(video.units, prefix, pieces)
+
+    def assemble(units: list[VisualUnit]) -> Assembled:
+        return adapter.assemble(units, [("prompt", prefix), ("vision", CHAT.visual(adapter.items(units))), *pieces])
+
+    as_image, as_video = assemble(scene.units), assemble(video.units)
     assert set(as_image.mm_types) == {0, 1} and set(as_video.mm_types) == {0, 2}
     # one temporal patch of the same pixels: the same cells, labelled with the same objects
     assert np.array_equal(as_image.token_map.cells, as_video.token_map.cells)

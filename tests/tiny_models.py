@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import checkpoints
 import torch
 from tokenizers import processors
 from transformers import (
@@ -125,9 +126,10 @@ def _tiny_qwen2(family: str) -> QwenVLAdapter:
             text_config=text, vision_config={**vision25, "window_size": 56, "fullatt_block_indexes": [1]}, **ids
         )
         model = Qwen2_5_VLForConditionalGeneration(config)
-    # the real checkpoints' processor: 14 px patches (28 px tokens), CLIP normalisation
+    # the real checkpoints' processor (14 px patches, 28 px tokens, CLIP normalisation) and chat template
     processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, max_pixels=320 * 320)
-    return QwenVLAdapter(model.eval(), tokenizer, processor, f"tiny-{family}")
+    template = checkpoints.template(family)
+    return QwenVLAdapter(model.eval(), tokenizer, processor, f"tiny-{family}", template)
 
 
 # --------------------------------------------------------------------------- LLaVA

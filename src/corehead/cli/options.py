@@ -40,6 +40,8 @@ class ModelOptions:
     max_frames: int | None = None
     device_map: str | None = None
     dtype: str = "float32"
+    system_prompt: str | None = None
+    no_system_prompt: bool = False
 
     def load(self) -> Any:
         """The model on this process's GPU when there is one (or spread with --device-map auto), else the CPU."""
@@ -60,6 +62,8 @@ class ModelOptions:
             trust_remote_code=self.trust_remote_code,
             max_pixels=self.max_pixels,
             max_frames=self.max_frames,
+            system_prompt=self.system_prompt,
+            no_system_prompt=self.no_system_prompt,
         )
 
 
@@ -156,6 +160,12 @@ MODEL = Group(
         "trust_remote_code": Opt(("--trust-remote-code",), "Allow a checkpoint's own Python code to run."),
         "max_pixels": Opt(("--max-pixels",), "Cap the pixels fed per image or page."),
         "max_frames": Opt(("--max-frames",), "Keep at most this many frames per video."),
+        "system_prompt": Opt(
+            ("--system-prompt",), "A system prompt of your own (default: what the checkpoint's chat template writes)."
+        ),
+        "no_system_prompt": Opt(
+            ("--no-system-prompt",), "No system turn, not even the template's default (e.g. Qwen2-VL's)."
+        ),
         "device_map": Opt(
             ("--device-map",), "'auto' spreads a model too large for one GPU over all (default: one device)."
         ),

@@ -108,7 +108,7 @@ def run_study(
     settings = study.settings(adapter)
     run = None
     if out is not None and settings is not None:
-        run = Run(out, study.name, settings, shard, study.info(adapter))
+        run = Run(out, study.name, {**settings, "prompt": adapter.prompt}, shard, study.info(adapter))
     store = study.store(out, shard, dataset_order(samples))
     _work_through(study, adapter, samples, store, shard, on_progress)
     rows = store.only(store.merge(), {s.id for s in samples})

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
 from corehead.models.base import ChatAdapter, Encoded, ModelAdapter, VisualTokenMap
+from corehead.models.chat import TEMPLATE_FILES, find_template
 from corehead.models.shape import ModelShape
 
 __all__ = [
@@ -59,11 +60,15 @@ def load_model(
     trust_remote_code: bool = False,
     max_pixels: int | None = None,
     max_frames: int | None = None,
+    system_prompt: str | None = None,
+    no_system_prompt: bool = False,
 ) -> ChatAdapter:
     """Load a vision-language model (safetensors weights) and wrap it in the adapter for its architecture.
 
-    `max_pixels` caps the pixels fed per image and `max_frames` the frames kept per video (uniformly
-    spaced), for long documents and videos.
+    The prompt is the checkpoint's own chat template (its processor's chat_template.jinja / .json, else its
+    tokenizer's); `system_prompt` adds a system turn of one's own, `no_system_prompt` drops the template's
+    default one. `max_pixels` caps the pixels fed per image and `max_frames` the frames kept per video
+    (uniformly spaced), for long documents and videos.
     """
     path = resolve(name_or_path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -78,8 +83,23 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     name = "builtin" if name_or_path == "builtin" else str(Path(name_or_path).name or name_or_path)
     module = importlib.import_module(FAMILIES[family][1])
-    adapter: ChatAdapter = module.make_adapter(model, tokenizer, path, name)
+    template = find_template(_local(path, TEMPLATE_FILES), tokenizer)
+    adapter: ChatAdapter = module.make_adapter(model, tokenizer, path, name, template)
+    adapter.set_system_prompt(system_prompt, no_system_prompt)
     if max_pixels is not None:
         adapter.cap_pixels(max_pixels)
     adapter.max_frames = max_frames
     return adapter
+
+
+def _local(path: str, names: tuple[str, ...]) -> Path | None:
+    """The folder holding the checkpoint's files `names` (a hub id's cached snapshot); None when it has none."""
+    if Path(path).is_dir():
+        return Path(path)
+    from transformers.utils import cached_file
+
+    for name in names:
+        file = cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+        if file is not None:
+            return Path(file).parent
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from corehead.data.sample import Box, Region, Sample, SampleError, VisualUnit
+from corehead.models.chat import Chat, ChatFormat, Piece, find_template, make_chat
 from corehead.models.shape import ModelShape
 
 
@@ -118,8 +120,6 @@ class Encoded:
 # them, e.g. <|vision_end|>, </img>, the newline after an image, image-newline placeholders, frame
 # timestamps), the question, the gold answer (teacher forcing) and the end of turn after it ("end").
 TAGS: tuple[str, ...] = ("prompt", "vision", "question", "answer", "end")
-# One element of a token sequence: (tag, text)
-Piece = tuple[str, str]
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 
@@ -193,74 +193,170 @@ def sample_region_tokens(
     return RegionTokens(indices, fallbacks)
 
 
-class ChatAdapter(ABC):
-    """Shared machinery of the adapters: chat prompt, tokenizing piece by piece, batching, generation.
+@dataclass
+class Expansion:
+    """What the processor writes in place of one placeholder of the prompt, and the map of its visual tokens.
 
-    A family subclass sets the chat strings and implements `add_units`, which appends the visual input
-    (placeholder tokens and pixels) exactly as the model's processor would and returns its token map.
+    `text` holds `count` copies of `token` (and whatever else the processor adds: <img>, timestamps);
+    `keep` are the indices, among those copies, of the tokens that cover pixels, and `units`, `spans` and
+    `cells` describe each kept token (unit indices into the units given to `expand`).
     """
 
-    user_prefix: str = "<|im_start|>user\n"  # before the visual input
-    assistant_prefix: str = "<|im_end|>\n<|im_start|>assistant\n"  # between question and answer
-    end_of_turn: str = "<|im_end|>"
+    kind: str  # "image" or "video"
+    text: str
+    token: int
+    count: int
+    keep: np.ndarray
+    units: np.ndarray
+    spans: np.ndarray
+    cells: np.ndarray
+
+
+class ChatAdapter(ABC):
+    """Shared machinery of the adapters: the prompt, one whole-string tokenization, batching, generation.
+
+    The prompt comes from `self.chat`: the checkpoint's chat template, or the family's hand-written
+    `fallback` format. A family subclass names its `placeholders` (the text a template writes for an image
+    or a video), its vision `wrappers` (tokens such as <|vision_start|> that belong to the visual input) and
+    implements `expand`, which gives each placeholder's replacement and pixels exactly as the model's
+    processor does. The whole prompt is then tokenized at once and tagged by character offsets.
+    """
+
+    fallback: ChatFormat = ChatFormat(
+        user="<|im_start|>user\n", assistant="<|im_end|>\n<|im_start|>assistant\n", end="<|im_end|>", image=""
+    )
+    placeholders: dict[str, str]  # set by each family: the text a template writes for an image or a video
     with_mm_types: bool = False  # whether the model takes mm_token_type_ids
 
     max_frames: int | None = None  # frames kept per video (uniformly spaced); None keeps all
 
-    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str, template: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.family = str(model.config.model_type)
-        self.end_token = int(tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        self.wrappers: set[int] = set()
+        self.chat: Chat = make_chat(template or find_template(None, tokenizer), tokenizer, self.fallback, name)
+        self.end_token = self._end_token()
         pad = tokenizer.pad_token_id
         self.pad_token = int(pad) if pad is not None else self.end_token
 
+    def _end_token(self) -> int:
+        """The token that closes the assistant's turn (generation stops there): the chat's end, else EOS."""
+        ids = self.tokenizer(self.chat.end, add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if len(ids) == 1 else int(self.tokenizer.eos_token_id)
+
+    def set_system_prompt(self, text: str | None = None, drop: bool = False) -> None:
+        """A system prompt of one's own (`text`), or none at all (`drop`); by default the template's."""
+        if text is not None and drop:
+            raise ValueError("give a system prompt or ask for none, not both")
+        self.chat.system_prompt, self.chat.drop_system = text, drop
+
+    @property
+    def prompt(self) -> dict[str, str | None]:
+        """Where the prompt comes from and its system turn, as run manifests record them."""
+        system = "none" if self.chat.drop_system else self.chat.system_prompt
+        return {"from": self.chat.source, "system": system if system is not None else "template default"}
+
     @abstractmethod
-    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
-        """Append the visual input of `units` to `out`; return the map of the visual tokens added."""
+    def expand(self, out: Assembled, units: list[VisualUnit]) -> list[Expansion]:
+        """The replacement of each image (or page) and each video of `units`, in order; pixels go to `out`."""
 
-    def text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def assemble(self, units: list[VisualUnit], pieces: list[Piece]) -> Assembled:
+        """Tagged text pieces whose placeholders stand for `units`, expanded and tokenized as one string.
 
-    def add_text(self, out: Assembled, tag: str, text: str) -> None:
-        ids = self.text_ids(text)
-        out.ids += ids
-        out.tags += [tag] * len(ids)
-        out.mm_types += [0] * len(ids)
-
-    def add_tokens(self, out: Assembled, token: int, count: int, mm_type: int, tag: str = "vision") -> np.ndarray:
-        """Append `count` copies of a placeholder token; returns their positions."""
-        start = len(out.ids)
-        out.ids += [token] * count
-        out.tags += [tag] * count
-        out.mm_types += [mm_type] * count
-        return np.arange(start, start + count)
-
-    def assemble(self, units: list[VisualUnit], prefix: str, pieces: list[Piece]) -> Assembled:
-        """prefix text, then the visual units, then the tagged text pieces, tokenized piece by piece."""
+        Each placeholder is replaced by its `Expansion` (tagged "vision"); every token takes the tag of the
+        character it starts at; wrapper tokens and whitespace right after the visual input count as "vision".
+        """
         if not units:
             raise ValueError("a sample needs at least one visual unit")
         out = Assembled()
-        self.add_text(out, "prompt", prefix)
         kept = kept_units(units, self.max_frames)
-        token_map = self.add_units(out, [units[i] for i in kept])
+        expansions = iter(self.expand(out, [units[i] for i in kept]))
+        kinds = {text: kind for kind, text in self.placeholders.items()}
+        pattern = re.compile("|".join(re.escape(p) for p in kinds))
+        texts: list[str] = []
+        spans: list[tuple[int, str]] = []  # (start character, tag) of each stretch of text
+        placed: list[tuple[int, Expansion]] = []
+        size = 0
+
+        def put(text: str, tag: str) -> None:
+            nonlocal size
+            if text:
+                texts.append(text)
+                spans.append((size, tag))
+                size += len(text)
+
+        for tag, text in pieces:
+            last = 0
+            for match in pattern.finditer(text):
+                put(text[last : match.start()], tag)
+                expansion = next(expansions, None)
+                if expansion is None or expansion.kind != kinds[match.group()]:
+                    raise ValueError(f"the prompt's {kinds[match.group()]} placeholders do not match the visual input")
+                placed.append((size, expansion))
+                put(expansion.text, "vision")
+                last = match.end()
+            put(text[last:], tag)
+        if next(expansions, None) is not None:
+            raise ValueError("the prompt has fewer visual placeholders than the sample has images and videos")
+        self._tokenize(out, "".join(texts), spans, placed)
         index = np.asarray(kept)
-        last = index[np.minimum(token_map.units + token_map.spans - 1, len(index) - 1)]
+        token_map = out.token_map
+        last_unit = index[np.minimum(token_map.units + token_map.spans - 1, len(index) - 1)]
         # back to the sample's unit indices; a token spans every original frame between its first and last
         out.token_map = VisualTokenMap(
-            token_map.positions, index[token_map.units], last - index[token_map.units] + 1, token_map.cells
+            token_map.positions, index[token_map.units], last_unit - index[token_map.units] + 1, token_map.cells
         )
-        for tag, text in pieces:
-            self.add_text(out, tag, text)
         return out
 
+    def _tokenize(
+        self, out: Assembled, text: str, spans: list[tuple[int, str]], placed: list[tuple[int, Expansion]]
+    ) -> None:
+        """Token ids, tags, modality types and the visual token map of the whole prompt `text`."""
+        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        starts = np.array([s for s, _ in spans])
+        names = np.array([t for _, t in spans] or ["prompt"])
+        where = np.searchsorted(starts, offsets[:, 0], side="right") - 1
+        tags = np.where((offsets[:, 1] > offsets[:, 0]) & (where >= 0), names[np.maximum(where, 0)], "prompt")
+        tags = tags.astype(object)
+        for k in range(len(tags)):  # wrappers and the whitespace after the visual input belong to it
+            blank = k > 0 and tags[k - 1] == "vision" and not text[offsets[k, 0] : offsets[k, 1]].strip()
+            if tags[k] == "prompt" and (int(ids[k]) in self.wrappers or blank):
+                tags[k] = "vision"
+        parts = []
+        for start, expansion in placed:
+            inside = (offsets[:, 0] >= start) & (offsets[:, 0] < start + len(expansion.text))
+            found = np.flatnonzero(inside & (ids == expansion.token))
+            if len(found) != expansion.count:
+                raise ValueError(
+                    f"the tokenizer split a {expansion.kind} into {len(found)} placeholder tokens, expected "
+                    f"{expansion.count}"
+                )
+            parts.append((found[expansion.keep], expansion.units, expansion.spans, expansion.cells))
+        out.ids = ids.tolist()
+        out.tags = [str(t) for t in tags]
+        types = self.modality_tokens()
+        out.mm_types = [types.get(int(i), 0) for i in ids]
+        columns = zip(*parts, strict=True) if parts else ()
+        out.token_map = VisualTokenMap(*(np.concatenate(c) for c in columns)) if parts else VisualTokenMap.empty()
+
+    def modality_tokens(self) -> dict[int, int]:
+        """mm_token_type_ids of the placeholder tokens: 1 for image tokens, 2 for video tokens."""
+        return {}
+
+    def items(self, units: list[VisualUnit]) -> list[str]:
+        """The content items of the visual input: one "image" per image or page, one "video" per run of frames."""
+        kept = [units[i] for i in kept_units(units, self.max_frames)]
+        return ["video" if kept[g[0]].kind == "frame" else "image" for g in unit_groups(kept)]
+
     def encode(self, sample: Sample, answer: bool = False) -> Encoded:
-        pieces: list[Piece] = [("question", sample.question), ("prompt", self.assistant_prefix)]
-        if answer:
-            pieces += [("answer", self.gold_answer(sample)), ("end", self.end_of_turn)]
+        gold = self.gold_answer(sample) if answer else None
         try:
-            assembled = self.assemble(sample.units, self.user_prefix, pieces)
+            pieces = self.chat.pieces(self.items(sample.units), sample.question, gold)
+            assembled = self.assemble(sample.units, pieces)
         except (ValueError, OSError) as exc:
             raise SampleError.of(sample, "units", str(exc)) from None
         return assembled.encoded(self.with_mm_types)

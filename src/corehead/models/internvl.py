@@ -21,20 +21,35 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 )
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, VisualTokenMap
+from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.chat import ChatFormat
 
 __all__ = ["InternVLAdapter", "make_adapter"]
 
 START_IMAGE = "<img>"
 END_IMAGE = "</img>"
+IMAGE, VIDEO = "<IMG_CONTEXT>", "<video>"
+# The hand-written format (for checkpoints without a template): ChatML, each image or video on its own line
+FALLBACK = ChatFormat(
+    user="<|im_start|>user\n",
+    assistant="<|im_end|>\n<|im_start|>assistant\n",
+    end="<|im_end|>",
+    image=f"{IMAGE}\n",
+    video=f"{VIDEO}\n",
+    system="<|im_start|>system\n{}<|im_end|>\n",
+)
 
 
 class InternVLAdapter(ChatAdapter):
     """Encodes samples for an InternVL model exactly as InternVLProcessor would, and knows each token's pixels."""
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        super().__init__(model, tokenizer, name)
+    fallback = FALLBACK
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        super().__init__(model, tokenizer, name, template)
         self.image_processor = image_processor
+        self.placeholders = {"image": IMAGE, "video": VIDEO}
         config = model.config
         vocab = tokenizer.get_vocab()
         missing = [t for t in (START_IMAGE, END_IMAGE) if t not in vocab]
@@ -43,6 +58,7 @@ class InternVLAdapter(ChatAdapter):
         self.image_token = int(config.image_token_id)
         self.start_token = int(vocab[START_IMAGE])
         self.close_token = int(vocab[END_IMAGE])
+        self.wrappers = {self.start_token, self.close_token}
         merge = round(1 / config.downsample_ratio)
         patch_h, patch_w = (int(v) for v in config.vision_config.patch_size)
         size = image_processor.size
@@ -61,26 +77,34 @@ class InternVLAdapter(ChatAdapter):
         self.image_processor.max_patches = max(1, max_pixels // (self.tile * self.tile))
         self.image_processor.min_patches = min(int(self.image_processor.min_patches), self.image_processor.max_patches)
 
-    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
-        """Each image as tiles (+ thumbnail); each run of consecutive frames as a video, numbered Frame1, ...."""
-        positions, owners, cells = [], [], []
-        frame = 0
-        for index, unit in enumerate(units):
-            frame = frame + 1 if unit.kind == "frame" else 0
-            if frame:
-                self.add_text(out, "vision", f"Frame{frame}: ")
-            pixels, unit_cells = self._frame(unit) if frame else self._image(unit)
-            self.add_tokens(out, self.start_token, 1, 0)
-            positions.append(self.add_tokens(out, self.image_token, len(unit_cells), 2 if frame else 1))
-            self.add_tokens(out, self.close_token, 1, 0)
-            self.add_text(out, "vision", "\n")
-            out.add_pixels("pixel_values", pixels)
-            owners.append(np.full(len(unit_cells), index))
-            cells.append(unit_cells)
-        n = sum(len(c) for c in cells)
-        return VisualTokenMap(
-            np.concatenate(positions), np.concatenate(owners), np.ones(n, dtype=np.int64), np.concatenate(cells)
-        )
+    def expand(self, out: Assembled, units: list[VisualUnit]) -> list[Expansion]:
+        """Each image as <img>, its tiles' (+ thumbnail's) tokens, </img>; each video as "FrameN: <img>...</img>"
+        lines, one per frame (InternVLProcessor)."""
+        parts = []
+        for group in unit_groups(units):
+            frames = units[group[0]].kind == "frame"
+            blocks, owners, cells = [], [], []
+            for k, index in enumerate(group):
+                pixels, unit_cells = self._frame(units[index]) if frames else self._image(units[index])
+                out.add_pixels("pixel_values", pixels)
+                block = f"{START_IMAGE}{IMAGE * len(unit_cells)}{END_IMAGE}"
+                blocks.append(f"Frame{k + 1}: {block}" if frames else block)
+                owners.append(np.full(len(unit_cells), index))
+                cells.append(unit_cells)
+            n = sum(len(c) for c in cells)
+            parts.append(
+                Expansion(
+                    "video" if frames else "image",
+                    "\n".join(blocks),
+                    self.image_token,
+                    n,
+                    np.arange(n),
+                    np.concatenate(owners),
+                    np.ones(n, dtype=np.int64),
+                    np.concatenate(cells),
+                )
+            )
+        return parts
 
     def _image(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
         """Tiles (+ thumbnail) of one image and the cell of each of their tokens, in tile order."""
@@ -114,6 +138,6 @@ class InternVLAdapter(ChatAdapter):
         return np.stack([x * sx, y * sy, (x + self.cell) * sx, (y + self.cell) * sy], axis=1)
 
 
-def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> InternVLAdapter:
+def make_adapter(model: Any, tokenizer: Any, path: str, name: str, template: str | None = None) -> InternVLAdapter:
     """The adapter for a loaded InternVL checkpoint; its tiling settings (size, min/max_patches) come from `path`."""
-    return InternVLAdapter(model, tokenizer, GotOcr2ImageProcessorPil.from_pretrained(path), name)
+    return InternVLAdapter(model, tokenizer, GotOcr2ImageProcessorPil.from_pretrained(path), name, template)

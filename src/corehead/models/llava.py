@@ -18,7 +18,7 @@ Newline tokens, and tokens that see only padding, cover no pixel of the unit: th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,15 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 )
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, VisualTokenMap, unit_groups
+from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.chat import ChatFormat
 
 __all__ = [
     "ADAPTERS",
     "CHATML",
     "LLAMA3",
     "MISTRAL",
+    "ONEVISION",
     "VICUNA",
     "LlavaAdapter",
     "LlavaNextAdapter",
@@ -47,15 +49,25 @@ __all__ = [
     "make_adapter",
 ]
 
-# Chat formats: (before the visual input, between question and answer, end of turn)
-VICUNA = ("USER: ", " ASSISTANT:", "</s>")
-MISTRAL = ("[INST] ", " [/INST]", "</s>")
-CHATML = (ChatAdapter.user_prefix, ChatAdapter.assistant_prefix, ChatAdapter.end_of_turn)
-LLAMA3 = (
-    "<|start_header_id|>user<|end_header_id|>\n\n",
-    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    "<|eot_id|>",
+# The hand-written chat formats (for checkpoints without a template): each image is "<image>\n"
+VICUNA = ChatFormat(user="USER: ", assistant=" ASSISTANT:", end="</s>", image="<image>\n")
+MISTRAL = ChatFormat(user="[INST] ", assistant=" [/INST]", end="</s>", image="<image>\n", system="{}\n\n")
+CHATML = ChatFormat(
+    user="<|im_start|>user\n",
+    assistant="<|im_end|>\n<|im_start|>assistant\n",
+    end="<|im_end|>",
+    image="<image>\n",
+    system="<|im_start|>system\n{}<|im_end|>\n",
 )
+LLAMA3 = ChatFormat(
+    user="<|start_header_id|>user<|end_header_id|>\n\n",
+    assistant="<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    end="<|eot_id|>",
+    image="<image>\n",
+    system="<|start_header_id|>system<|end_header_id|>\n\n{}<|eot_id|>",
+)
+# LLaVA-OneVision: all images and videos, then one newline
+ONEVISION = replace(CHATML, image="<image>", video="<video>", after_visuals="\n")
 # Class tokens a vision tower puts before its patches; the "default" feature strategy drops the first token.
 CLASS_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
 
@@ -78,13 +90,14 @@ class _Layout:
 class LlavaAdapter(ChatAdapter):
     """LLaVA-1.5: each image is one fixed grid of ViT patches, after the processor's resize and centre crop."""
 
-    user_prefix, assistant_prefix, end_of_turn = VICUNA
+    fallback = VICUNA
     label = "LLaVA-1.5"
     pixel_keys: tuple[str, ...] = ("pixel_values",)
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        super().__init__(model, tokenizer, name)
-        self.user_prefix = _bos_text(tokenizer) + self.user_prefix
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        super().__init__(model, tokenizer, name, template)
         self.image_processor = image_processor
         config = model.config
         vision = config.vision_config
@@ -99,21 +112,21 @@ class LlavaAdapter(ChatAdapter):
         self.tile = int(vision.image_size)
         self.per_tile = self.tile // self.patch
         self.image_token = int(config.image_token_id)
+        self.placeholders = {"image": str(tokenizer.convert_ids_to_tokens(self.image_token))}
 
-    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
-        """Each image's placeholders then a newline, as in "USER: <image>\\n<image>\\nQ ASSISTANT:"."""
+    def modality_tokens(self) -> dict[int, int]:
+        return {self.image_token: 1}
+
+    def expand(self, out: Assembled, units: list[VisualUnit]) -> list[Expansion]:
+        """Each image's placeholder repeated once per token of its layout (LlavaProcessor)."""
         for index, unit in enumerate(units):
             if unit.kind == "frame":
                 raise ValueError(f"{self.label} does not support video (unit {index} is a frame)")
         images = self._load(units, range(len(units)))
-        parts = []
-        for index, image in enumerate(images):
-            parts.append(self._place(out, self.image_token, 1, self._layout(*image.size), np.full(1, index)))
-            self.add_text(out, "vision", "\n")
         pixels = self.image_processor(images=images, return_tensors="pt")
         for key in self.pixel_keys:
             out.add_pixels(key, pixels[key])
-        return _join(parts)
+        return [self._place("image", self._layout(*image.size), np.full(1, k)) for k, image in enumerate(images)]
 
     def _load(self, units: list[VisualUnit], indices: Any) -> list[Image.Image]:
         """The images of `units[indices]`; one smaller than a patch of the vision tower is an error."""
@@ -128,13 +141,20 @@ class LlavaAdapter(ChatAdapter):
             images.append(image)
         return images
 
-    def _place(
-        self, out: Assembled, token: int, mm_type: int, layout: _Layout, units: np.ndarray
-    ) -> tuple[np.ndarray, ...]:
-        """Append the layout's placeholders; map columns of its visual tokens (`units`: one, or one per token)."""
-        positions = self.add_tokens(out, token, layout.count, mm_type)[layout.keep]
-        n = len(positions)
-        return positions, np.broadcast_to(units, n).astype(np.int64), np.ones(n, dtype=np.int64), layout.cells
+    def _place(self, kind: str, layout: _Layout, units: np.ndarray) -> Expansion:
+        """The layout's placeholders, and its visual tokens' units (`units`: one, or one per token) and cells."""
+        token = self.image_token if kind == "image" else int(self.model.config.video_token_id)
+        n = len(layout.keep)
+        return Expansion(
+            kind,
+            self.placeholders[kind] * layout.count,
+            token,
+            layout.count,
+            layout.keep,
+            np.broadcast_to(units, n).astype(np.int64),
+            np.ones(n, dtype=np.int64),
+            layout.cells,
+        )
 
     def _layout(self, width: int, height: int) -> _Layout:
         """Pad to square (if set), resize, centre crop (transformers' `center_crop` offsets); one token per patch."""
@@ -159,8 +179,10 @@ class _AnyresAdapter(LlavaAdapter):
 
     pixel_keys: tuple[str, ...] = ("pixel_values", "image_sizes")
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        super().__init__(model, tokenizer, image_processor, name)
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        super().__init__(model, tokenizer, image_processor, name, template)
         self.pinpoints = [list(p) for p in model.config.image_grid_pinpoints]
         size, crop = image_processor.size, image_processor.crop_size
         base = (size.height, size.width) if size.height and size.width else (size.shortest_edge,) * 2
@@ -214,23 +236,26 @@ class LlavaNextAdapter(_AnyresAdapter):
 
     label = "LLaVA-NeXT"
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        self.user_prefix, self.assistant_prefix, self.end_of_turn = _next_chat(
-            tokenizer, str(model.config.text_config.model_type)
-        )
-        super().__init__(model, tokenizer, image_processor, name)
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        self.fallback = _next_chat(tokenizer, str(model.config.text_config.model_type))
+        super().__init__(model, tokenizer, image_processor, name, template)
 
 
 class LlavaOnevisionAdapter(_AnyresAdapter):
     """LLaVA-OneVision: anyres images (a square base grid each when several), pooled video frames; Qwen2 chat."""
 
-    user_prefix, assistant_prefix, end_of_turn = CHATML
+    fallback = ONEVISION
     label = "LLaVA-OneVision"
     pixel_keys: tuple[str, ...] = ("pixel_values", "image_sizes", "batch_num_images")
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        super().__init__(model, tokenizer, image_processor, name)
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        super().__init__(model, tokenizer, image_processor, name, template)
         self.video_token = int(model.config.video_token_id)
+        self.placeholders = {**self.placeholders, "video": str(tokenizer.convert_ids_to_tokens(self.video_token))}
         self.max_tiles = int(model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
         self.pooled = math.ceil(self.per_tile / 2)
         # the video processor needs torchvision; its steps (squash to one tile, rescale, normalise) are these
@@ -244,8 +269,11 @@ class LlavaOnevisionAdapter(_AnyresAdapter):
             image_std=image_processor.image_std,
         )
 
-    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
-        """Units in order ("<image><image><video>"), then one newline before the question."""
+    def modality_tokens(self) -> dict[int, int]:
+        return {self.image_token: 1, self.video_token: 2}
+
+    def expand(self, out: Assembled, units: list[VisualUnit]) -> list[Expansion]:
+        """Images (a square base grid each when several) and videos (pooled frames), in order."""
         groups = unit_groups(units)
         stills = [g[0] for g in groups if units[g[0]].kind != "frame"]
         images = dict(zip(stills, self._load(units, stills), strict=True))
@@ -254,21 +282,20 @@ class LlavaOnevisionAdapter(_AnyresAdapter):
             if group[0] in images:
                 image = images[group[0]]
                 layout = self._square_layout(*image.size) if len(images) > 1 else self._layout(*image.size)
-                parts.append(self._place(out, self.image_token, 1, layout, np.full(1, group[0])))
+                parts.append(self._place("image", layout, np.full(1, group[0])))
                 continue
             frames = self._load(units, group)
             layout = self._video_layout([f.size for f in frames])
             frame_of = np.asarray(group)[layout.keep // self.pooled**2]
-            parts.append(self._place(out, self.video_token, 2, layout, frame_of))
+            parts.append(self._place("video", layout, frame_of))
             videos.append(self.frame_processor(images=frames, return_tensors="pt")["pixel_values"][None])
-        self.add_text(out, "vision", "\n")
         if images:
             pixels = self.image_processor(images=[list(images.values())], return_tensors="pt")
             for key in self.pixel_keys:
                 out.add_pixels(key, pixels[key])
         if videos:
             out.add_pixels("pixel_values_videos", self.concat("pixel_values_videos", videos))
-        return _join(parts)
+        return parts
 
     def concat(self, key: str, values: list[torch.Tensor]) -> torch.Tensor:
         """Videos go to the model as one [videos, frames, ...] tensor, so they must have equal frame counts."""
@@ -351,20 +378,7 @@ def _fit(height: int, width: int, target_h: int, target_w: int) -> tuple[int, in
     return target_h, min(math.ceil(width * scale_h), target_w)
 
 
-def _join(parts: list[tuple[np.ndarray, ...]]) -> VisualTokenMap:
-    """One map from the (positions, units, spans, cells) columns of each image or video, in sequence order."""
-    return VisualTokenMap(*(np.concatenate(column) for column in zip(*parts, strict=True)))
-
-
-def _bos_text(tokenizer: Any) -> str:
-    """The BOS token's text when the tokenizer adds one itself (Llama, Mistral), as the processor's call would."""
-    bos = tokenizer.bos_token
-    if bos is None or tokenizer("x")["input_ids"][:1] != [tokenizer.bos_token_id]:
-        return ""
-    return str(bos)
-
-
-def _next_chat(tokenizer: Any, text_model: str) -> tuple[str, str, str]:
+def _next_chat(tokenizer: Any, text_model: str) -> ChatFormat:
     """LLaVA-NeXT's chat format: ChatML (Yi, Qwen), Llama-3, Mistral's [INST], else Vicuna's USER/ASSISTANT."""
     vocab = tokenizer.get_vocab()
     if "<|im_start|>" in vocab:
@@ -381,7 +395,7 @@ ADAPTERS: dict[str, tuple[type[LlavaAdapter], Any]] = {
 }
 
 
-def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> LlavaAdapter:
+def make_adapter(model: Any, tokenizer: Any, path: str, name: str, template: str | None = None) -> LlavaAdapter:
     """The adapter for a loaded LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision model; image processor from `path`."""
     adapter, processor = ADAPTERS[str(model.config.model_type)]
-    return adapter(model, tokenizer, processor.from_pretrained(path), name)
+    return adapter(model, tokenizer, processor.from_pretrained(path), name, template)

@@ -9,6 +9,7 @@ pair; Qwen2/2.5 put the whole video in one block.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,33 +17,50 @@ import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, Piece, VisualTokenMap, unit_groups
+from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.chat import ChatFormat
 
-__all__ = ["ASSISTANT", "END", "USER", "Assembled", "Piece", "QwenVLAdapter", "make_adapter"]
+__all__ = ["QWEN2_FALLBACK", "QWEN3_FALLBACK", "QwenVLAdapter", "make_adapter"]
 
-USER = ChatAdapter.user_prefix
-ASSISTANT = ChatAdapter.assistant_prefix
-END = ChatAdapter.end_of_turn
+IMAGE, VIDEO = "<|image_pad|>", "<|video_pad|>"
+# The hand-written formats, as the public checkpoints' templates write a one-turn prompt: Qwen2-VL and
+# Qwen2.5-VL open with a default system turn; Qwen3-VL has none.
+QWEN3_FALLBACK = ChatFormat(
+    user="<|im_start|>user\n",
+    assistant="<|im_end|>\n<|im_start|>assistant\n",
+    end="<|im_end|>",
+    image=f"<|vision_start|>{IMAGE}<|vision_end|>",
+    video=f"<|vision_start|>{VIDEO}<|vision_end|>",
+    system="<|im_start|>system\n{}<|im_end|>\n",
+)
+QWEN2_FALLBACK = replace(QWEN3_FALLBACK, default_system="You are a helpful assistant.")
 
 
 class QwenVLAdapter(ChatAdapter):
     """Encodes samples for a Qwen-VL model exactly as its processor would, and knows each token's pixels."""
 
     with_mm_types = True
-
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, name: str) -> None:
-        super().__init__(model, tokenizer, name)
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+    ) -> None:
+        self.fallback = QWEN3_FALLBACK if model.config.model_type == "qwen3_vl" else QWEN2_FALLBACK
+        super().__init__(model, tokenizer, name, template)
         self.image_processor = image_processor
+        self.placeholders = {"image": IMAGE, "video": VIDEO}
         vision = model.config.vision_config
         self.patch = int(vision.patch_size)
         self.merge = int(vision.spatial_merge_size)
         self.temporal = int(vision.temporal_patch_size)
         self.timestamps = self.family == "qwen3_vl"
         tok = tokenizer.convert_tokens_to_ids
-        self.image_token = tok("<|image_pad|>")
-        self.video_token = tok("<|video_pad|>")
-        self.vision_start = tok("<|vision_start|>")
-        self.vision_end = tok("<|vision_end|>")
+        self.image_token = int(tok(IMAGE))
+        self.video_token = int(tok(VIDEO))
+        self.vision_start = "<|vision_start|>"
+        self.vision_end = "<|vision_end|>"
+        self.wrappers = {int(tok(self.vision_start)), int(tok(self.vision_end))}
+
+    def modality_tokens(self) -> dict[int, int]:
+        return {self.image_token: 1, self.video_token: 2}
 
     def cap_pixels(self, max_pixels: int) -> None:
         self.image_processor.size["longest_edge"] = max_pixels
@@ -54,21 +72,11 @@ class QwenVLAdapter(ChatAdapter):
         height, width = smart_resize(unit.height, unit.width, factor, size["shortest_edge"], size["longest_edge"])
         return width, height
 
-    def add_units(self, out: Assembled, units: list[VisualUnit]) -> VisualTokenMap:
-        maps = []
-        for group in unit_groups(units):
-            if units[group[0]].kind == "frame":
-                maps.append(self._add_video(out, units, group))
-            else:
-                maps.append(self._add_image(out, units, group[0]))
-        return VisualTokenMap(*(np.concatenate(parts) for parts in zip(*maps, strict=True)))
-
-    def _add_tokens(self, out: Assembled, token: int, count: int, mm_type: int) -> np.ndarray:
-        """<|vision_start|>, `count` placeholders, <|vision_end|>; returns the placeholders' positions."""
-        self.add_tokens(out, self.vision_start, 1, 0)
-        positions = self.add_tokens(out, token, count, mm_type)
-        self.add_tokens(out, self.vision_end, 1, 0)
-        return positions
+    def expand(self, out: Assembled, units: list[VisualUnit]) -> list[Expansion]:
+        return [
+            self._video(out, units, group) if units[group[0]].kind == "frame" else self._image(out, units, group[0])
+            for group in unit_groups(units)
+        ]
 
     def _pixels(self, frames: list[Any]) -> tuple[np.ndarray, int, int]:
         """Patches of each frame (processor layout) and the patch grid (rows, cols)."""
@@ -83,17 +91,21 @@ class QwenVLAdapter(ChatAdapter):
         sx, sy = unit.width / (cols * self.patch), unit.height / (rows * self.patch)
         return np.stack([c * step * sx, r * step * sy, (c + 1) * step * sx, (r + 1) * step * sy], axis=1)
 
-    def _add_image(self, out: Assembled, units: list[VisualUnit], index: int) -> tuple[np.ndarray, ...]:
+    def _image(self, out: Assembled, units: list[VisualUnit], index: int) -> Expansion:
+        """<|image_pad|> once per merged cell (Qwen2VLProcessor.replace_image_token)."""
         unit = units[index]
         patches, rows, cols = self._pixels([unit.load()])
         cells = self._cells(unit, rows, cols)
-        positions = self._add_tokens(out, self.image_token, len(cells), 1)
         out.add_pixels("pixel_values", torch.from_numpy(patches))
         out.add_pixels("image_grid_thw", torch.tensor([[1, rows, cols]]))
         n = len(cells)
-        return positions, np.full(n, index), np.ones(n, dtype=np.int64), cells
+        return Expansion(
+            "image", IMAGE * n, self.image_token, n, np.arange(n), np.full(n, index), np.ones(n, int), cells
+        )
 
-    def _add_video(self, out: Assembled, units: list[VisualUnit], group: list[int]) -> tuple[np.ndarray, ...]:
+    def _video(self, out: Assembled, units: list[VisualUnit], group: list[int]) -> Expansion:
+        """<|video_pad|> per cell and temporal patch; Qwen3-VL writes each temporal patch as its own block after
+        its timestamp (Qwen3VLProcessor.replace_video_token)."""
         frames = [units[i].load() for i in group]
         sizes = {f.size for f in frames}
         if len(sizes) > 1:
@@ -109,23 +121,26 @@ class QwenVLAdapter(ChatAdapter):
         out.add_pixels("video_grid_thw", torch.tensor([[t, rows, cols]]))
         cells = self._cells(units[group[0]], rows, cols)
         n = len(cells)
-        positions, firsts, spans = [], [], []
+        text, firsts, spans = "", [], []
         for k in range(t):
             first = k * self.temporal
             span = min(self.temporal, len(group) - first)
             if self.timestamps:
                 stamps = [units[group[first + j]].timestamp or 0.0 for j in range(span)]
-                self.add_text(out, "vision", f"<{sum(stamps) / len(stamps):.1f} seconds>")
-                positions.append(self._add_tokens(out, self.video_token, n, 2))
+                text += f"<{sum(stamps) / len(stamps):.1f} seconds>{self.vision_start}{VIDEO * n}{self.vision_end}"
             firsts.append(np.full(n, group[first]))
             spans.append(np.full(n, span))
         if not self.timestamps:
-            positions = [self._add_tokens(out, self.video_token, n * t, 2)]
+            text = VIDEO * (n * t)
             if self.family == "qwen2_5_vl":  # its temporal positions advance with real time
-                fps = _fps(units, group)
-                out.add_pixels("second_per_grid_ts", torch.tensor([self.temporal / fps]))
-        return (
-            np.concatenate(positions),
+                out.add_pixels("second_per_grid_ts", torch.tensor([self.temporal / _fps(units, group)]))
+        count = n * t
+        return Expansion(
+            "video",
+            text,
+            self.video_token,
+            count,
+            np.arange(count),
             np.concatenate(firsts),
             np.concatenate(spans),
             np.tile(cells, (t, 1)),
@@ -140,6 +155,6 @@ def _fps(units: list[VisualUnit], group: list[int]) -> float:
     return (len(group) - 1) / span if span > 0 else 1.0
 
 
-def make_adapter(model: Any, tokenizer: Any, path: str, name: str) -> QwenVLAdapter:
+def make_adapter(model: Any, tokenizer: Any, path: str, name: str, template: str | None = None) -> QwenVLAdapter:
     """The adapter for a loaded Qwen-VL checkpoint; its image processor settings come from `path`."""
-    return QwenVLAdapter(model, tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path), name)
+    return QwenVLAdapter(model, tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path), name, template)

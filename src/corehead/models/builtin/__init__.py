@@ -9,6 +9,7 @@ Vision: patch 16, 2x2 merge (32 px per decoder token), temporal patch 2, depth 4
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -16,6 +17,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3VLConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from corehead.data.synthetic import COLOURS, DIGITS, DOMAINS, SHAPES, TEMPLATES, make_scene
+from corehead.models.qwen_vl import QWEN3_FALLBACK
 
 WEIGHTS = Path(__file__).parent / "weights"
 SPECIAL_TOKENS = [
@@ -28,6 +30,18 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 VOCAB_SIZE = 512
+# The prompt the built-in model is trained on: ChatML without a system turn (as Qwen3-VL), images wrapped in
+# <|vision_start|> ... <|vision_end|>, videos as bare <|video_pad|> (the processor writes each temporal
+# patch as its own wrapped block after its timestamp). CHAT is the same format for the trainer's chats.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif item['type'] == 'video' %}{{ '<|video_pad|>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT = replace(QWEN3_FALLBACK, video="<|video_pad|>")
 
 
 def _corpus() -> list[str]:
@@ -69,6 +83,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<|endoftext|>",
         bos_token=None,
         unk_token=None,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

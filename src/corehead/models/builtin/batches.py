@@ -15,9 +15,11 @@ import torch
 
 from corehead.data.sample import Region, VisualUnit
 from corehead.data.synthetic import CLIP_FPS, COLOURS, DIGITS, DOMAINS, SEGMENT_FRAMES, SHAPES, Scene, make_scene
-from corehead.models.base import VisualTokenMap
+from corehead.models.base import Assembled, VisualTokenMap
+from corehead.models.builtin import CHAT
 from corehead.models.builtin.recipe import TrainConfig, compact_share
-from corehead.models.qwen_vl import ASSISTANT, END, USER, Assembled, Piece, QwenVLAdapter
+from corehead.models.chat import Piece
+from corehead.models.qwen_vl import QwenVLAdapter
 
 VALUES: tuple[str, ...] = (*COLOURS, *DIGITS)
 
@@ -36,9 +38,9 @@ def chat_pieces(scene: Scene, rng: np.random.Generator, compact: bool, max_turns
     for n, i in enumerate(turns):
         fact = scene.facts[int(i)]
         if n:
-            pieces.append(("text", "\n" + USER))
-        pieces += [("question", fact.question), ("prompt", ASSISTANT), ("answer", fact.answer), ("end", END)]
-    return USER, pieces
+            pieces.append(("text", "\n" + CHAT.user))
+        pieces += [("question", fact.question), ("prompt", CHAT.assistant), ("answer", fact.answer), ("end", CHAT.end)]
+    return CHAT.user, pieces
 
 
 def still_video(scene: Scene) -> Scene:
@@ -102,7 +104,8 @@ def make_batch(adapter: QwenVLAdapter, cfg: TrainConfig, step: int) -> tuple[dic
         if cfg.still_video and domain == "scenes" and rng.random() < cfg.still_video:
             scene = still_video(scene)
         prefix, chat = chat_pieces(scene, rng, bool(rng.random() < share), cfg.max_turns)
-        assembled = adapter.assemble(scene.units, prefix, chat)
+        visual = CHAT.visual(adapter.items(scene.units))
+        assembled = adapter.assemble(scene.units, [("prompt", prefix), ("vision", visual), *chat])
         rows.append(assembled)
         cells = cell_labels(scene, assembled.token_map)
         (video_labels if scene.units[0].kind == "frame" else image_labels).append(cells)
