@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 
 from corehead.data.sample import Box, Region, Sample, SampleError, VisualUnit
 from corehead.models.chat import Chat, ChatFormat, Piece, find_template, make_chat
@@ -271,8 +273,10 @@ class ChatAdapter(ABC):
         if not units:
             raise ValueError("a sample needs at least one visual unit")
         out = Assembled()
-        kept = kept_units(units, self.max_frames)
-        expansions = iter(self.expand(out, [units[i] for i in kept]))
+        kept = self.kept(units)
+        expanded = self.expand(out, [units[i] for i in kept])
+        # the n-th placeholder of a kind stands for the n-th image (or video): templates may reorder them
+        expansions = {kind: iter([e for e in expanded if e.kind == kind]) for kind in self.placeholders}
         kinds = {text: kind for kind, text in self.placeholders.items()}
         pattern = re.compile("|".join(re.escape(p) for p in kinds))
         texts: list[str] = []
@@ -291,14 +295,14 @@ class ChatAdapter(ABC):
             last = 0
             for match in pattern.finditer(text):
                 put(text[last : match.start()], tag)
-                expansion = next(expansions, None)
-                if expansion is None or expansion.kind != kinds[match.group()]:
-                    raise ValueError(f"the prompt's {kinds[match.group()]} placeholders do not match the visual input")
+                expansion = next(expansions[kinds[match.group()]], None)
+                if expansion is None:
+                    raise ValueError(f"the prompt has more {kinds[match.group()]} placeholders than the sample has")
                 placed.append((size, expansion))
                 put(expansion.text, "vision")
                 last = match.end()
             put(text[last:], tag)
-        if next(expansions, None) is not None:
+        if any(next(rest, None) is not None for rest in expansions.values()):
             raise ValueError("the prompt has fewer visual placeholders than the sample has images and videos")
         self._tokenize(out, "".join(texts), spans, placed)
         index = np.asarray(kept)
@@ -347,9 +351,17 @@ class ChatAdapter(ABC):
         """mm_token_type_ids of the placeholder tokens: 1 for image tokens, 2 for video tokens."""
         return {}
 
+    def kept(self, units: list[VisualUnit]) -> list[int]:
+        """Indices of the units fed to the model (kept_units with this family's frame sampling)."""
+        return kept_units(units, self.max_frames, self.sample_frames)
+
+    def sample_frames(self, frames: list[VisualUnit]) -> list[int]:
+        """The frames of one video the family's video processor keeps (indices); by default all of them."""
+        return list(range(len(frames)))
+
     def items(self, units: list[VisualUnit]) -> list[str]:
         """The content items of the visual input: one "image" per image or page, one "video" per run of frames."""
-        kept = [units[i] for i in kept_units(units, self.max_frames)]
+        kept = [units[i] for i in self.kept(units)]
         return ["video" if kept[g[0]].kind == "frame" else "image" for g in unit_groups(kept)]
 
     def encode(self, sample: Sample, answer: bool = False) -> Encoded:
@@ -448,15 +460,38 @@ def unit_groups(units: list[VisualUnit]) -> list[list[int]]:
     return groups
 
 
-def kept_units(units: list[VisualUnit], max_frames: int | None) -> list[int]:
-    """Indices of the units fed to the model: all images and pages, at most `max_frames` per video."""
+def kept_units(
+    units: list[VisualUnit], max_frames: int | None, sample: Callable[[list[VisualUnit]], list[int]] | None = None
+) -> list[int]:
+    """Indices of the units fed to the model: all images and pages; of each video the frames `sample` keeps
+    (the video processor's own sampling; default all), then at most `max_frames` of them, evenly spaced."""
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     kept: list[int] = []
     for group in unit_groups(units):
-        if max_frames is None or units[group[0]].kind != "frame" or len(group) <= max_frames:
+        if units[group[0]].kind != "frame":
             kept += group
-        else:
+            continue
+        if sample is not None:
+            group = [group[i] for i in sample([units[i] for i in group])]
+        if max_frames is not None and len(group) > max_frames:
             picks = np.linspace(0, len(group) - 1, max_frames).round().astype(int)
-            kept += [group[int(i)] for i in picks]
+            group = [group[int(i)] for i in picks]
+        kept += group
     return kept
+
+
+def resize_frames(frames: list[Image.Image], height: int, width: int) -> list[Image.Image]:
+    """Video frames resized as transformers' video processors resize them (torchvision's bicubic with
+    antialiasing on uint8 frames, which is torch's own interpolate); a frame already that size is kept."""
+    out = []
+    for frame in frames:
+        if frame.size == (width, height):
+            out.append(frame)
+            continue
+        pixels = torch.from_numpy(np.asarray(frame.convert("RGB"))).permute(2, 0, 1)[None].contiguous()
+        resized = torch.nn.functional.interpolate(
+            pixels, size=[height, width], mode="bicubic", align_corners=False, antialias=True
+        )
+        out.append(Image.fromarray(resized[0].permute(1, 2, 0).numpy()))
+    return out

@@ -21,7 +21,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 )
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
 from corehead.models.chat import ChatFormat
 
 __all__ = ["InternVLAdapter", "make_adapter"]
@@ -44,6 +44,7 @@ class InternVLAdapter(ChatAdapter):
     """Encodes samples for an InternVL model exactly as InternVLProcessor would, and knows each token's pixels."""
 
     fallback = FALLBACK
+
     def __init__(
         self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
     ) -> None:
@@ -126,7 +127,9 @@ class InternVLAdapter(ChatAdapter):
     def _frame(self, unit: VisualUnit) -> tuple[torch.Tensor, np.ndarray]:
         """One video frame, resized to a single tile as InternVL's video processor does."""
         image = unit.load()
-        pixels = self.image_processor(images=[image], crop_to_patches=False, return_tensors="pt")["pixel_values"]
+        tile = resize_frames([image], self.tile, self.tile)  # as the video processor resizes frames
+        pixels = self.image_processor(images=tile, crop_to_patches=False, do_resize=False, return_tensors="pt")
+        pixels = pixels["pixel_values"]
         width, height = image.size
         return pixels, self._tile_cells(0, 0, width / self.tile, height / self.tile)
 

@@ -33,7 +33,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 )
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
 from corehead.models.chat import ChatFormat
 
 __all__ = [
@@ -288,7 +288,10 @@ class LlavaOnevisionAdapter(_AnyresAdapter):
             layout = self._video_layout([f.size for f in frames])
             frame_of = np.asarray(group)[layout.keep // self.pooled**2]
             parts.append(self._place("video", layout, frame_of))
-            videos.append(self.frame_processor(images=frames, return_tensors="pt")["pixel_values"][None])
+            square = resize_frames(frames, self.tile, self.tile)  # as the video processor resizes them
+            videos.append(
+                self.frame_processor(images=square, do_resize=False, return_tensors="pt")["pixel_values"][None]
+            )
         if images:
             pixels = self.image_processor(images=[list(images.values())], return_tensors="pt")
             for key in self.pixel_keys:

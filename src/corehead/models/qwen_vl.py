@@ -9,15 +9,19 @@ pair; Qwen2/2.5 put the whole video in one block.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as clip_resize
+from transformers.utils import cached_file
 
 from corehead.data.sample import VisualUnit
-from corehead.models.base import Assembled, ChatAdapter, Expansion, unit_groups
+from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
 from corehead.models.chat import ChatFormat
 
 __all__ = ["QWEN2_FALLBACK", "QWEN3_FALLBACK", "QwenVLAdapter", "make_adapter"]
@@ -40,12 +44,20 @@ class QwenVLAdapter(ChatAdapter):
     """Encodes samples for a Qwen-VL model exactly as its processor would, and knows each token's pixels."""
 
     with_mm_types = True
+
     def __init__(
-        self, model: Any, tokenizer: Any, image_processor: Any, name: str, template: str | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        name: str,
+        template: str | None = None,
+        video: dict[str, Any] | None = None,
     ) -> None:
         self.fallback = QWEN3_FALLBACK if model.config.model_type == "qwen3_vl" else QWEN2_FALLBACK
         super().__init__(model, tokenizer, name, template)
         self.image_processor = image_processor
+        self.video = video  # the checkpoint's own video processor settings (video_settings), where it has them
         self.placeholders = {"image": IMAGE, "video": VIDEO}
         vision = model.config.vision_config
         self.patch = int(vision.patch_size)
@@ -78,9 +90,32 @@ class QwenVLAdapter(ChatAdapter):
             for group in unit_groups(units)
         ]
 
-    def _pixels(self, frames: list[Any]) -> tuple[np.ndarray, int, int]:
-        """Patches of each frame (processor layout) and the patch grid (rows, cols)."""
-        feats = self.image_processor(images=frames, return_tensors="np")
+    def _frame_size(self, frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the video processor resizes a clip's frames to: within its own pixel bounds where the
+        checkpoint has a video config (Qwen3-VL bounds the whole clip, Qwen2-VL each frame), else the image's."""
+        factor = self.patch * self.merge
+        bounds = self.video or self.image_processor.size
+        low, high = int(bounds["shortest_edge"]), int(bounds["longest_edge"])
+        if self.timestamps and self.video:
+            return clip_resize(max(frames, self.temporal), height, width, self.temporal, factor, low, high)
+        return smart_resize(height, width, factor, low, high)
+
+    def sample_frames(self, frames: list[VisualUnit]) -> list[int]:
+        """Qwen3-VL's video processor keeps `fps` frames a second (at least min_frames, at most max_frames)."""
+        video = self.video
+        if not (self.timestamps and video and video["do_sample_frames"]):
+            return list(range(len(frames)))
+        total = len(frames)
+        count = int(total / _fps(frames, list(range(total))) * video["fps"])
+        count = min(max(count, video["min_frames"]), video["max_frames"], total)
+        return [int(i) for i in np.linspace(0, total - 1, count).round()]
+
+    def _pixels(self, frames: list[Any], size: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
+        """Patches of each frame (processor layout) and the patch grid (rows, cols); a video's frames come
+        resized to `size` as the video processor resizes them."""
+        if size is not None:
+            frames = resize_frames(frames, *size)
+        feats = self.image_processor(images=frames, do_resize=size is None, return_tensors="np")
         grid = feats["image_grid_thw"]
         return feats["pixel_values"], int(grid[0][1]), int(grid[0][2])
 
@@ -110,7 +145,7 @@ class QwenVLAdapter(ChatAdapter):
         sizes = {f.size for f in frames}
         if len(sizes) > 1:
             raise ValueError(f"frames of one video differ in size: {sorted(sizes)}")
-        patches, rows, cols = self._pixels(frames)
+        patches, rows, cols = self._pixels(frames, self._frame_size(len(frames), frames[0].height, frames[0].width))
         per_frame = patches.reshape(len(frames), -1, 3, self.temporal, self.patch, self.patch)[:, :, :, 0]
         pad = -len(frames) % self.temporal
         if pad:  # like the processor: repeat the last frame to fill the last temporal patch
@@ -155,6 +190,22 @@ def _fps(units: list[VisualUnit], group: list[int]) -> float:
     return (len(group) - 1) / span if span > 0 else 1.0
 
 
+def video_settings(path: str) -> dict[str, Any] | None:
+    """The checkpoint's video processor settings (video_preprocessor_config.json) that decide which frames are
+    kept and how they are resized; None when it has none (the video processor then takes the image settings)."""
+    file = cached_file(path, "video_preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    if file is None:
+        return None
+    stored = json.loads(Path(file).read_text())
+    if stored.get("cap_pixels_per_frame"):
+        raise ValueError(f"{path}: cap_pixels_per_frame in its video processor settings is not supported yet")
+    size = stored.get("size") or {"shortest_edge": stored["min_pixels"], "longest_edge": stored["max_pixels"]}
+    # Qwen3VLVideoProcessor's defaults for what the file leaves out
+    sampling = {"do_sample_frames": True, "fps": 2, "min_frames": 4, "max_frames": 768}
+    return {**size, **{key: stored.get(key, value) for key, value in sampling.items()}}
+
+
 def make_adapter(model: Any, tokenizer: Any, path: str, name: str, template: str | None = None) -> QwenVLAdapter:
-    """The adapter for a loaded Qwen-VL checkpoint; its image processor settings come from `path`."""
-    return QwenVLAdapter(model, tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path), name, template)
+    """The adapter for a loaded Qwen-VL checkpoint; its image and video processor settings come from `path`."""
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    return QwenVLAdapter(model, tokenizer, image_processor, name, template, video_settings(path))
