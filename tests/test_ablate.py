@@ -430,9 +430,9 @@ def test_every_condition_none_included_runs_on_coreheads_attention(tiny_builtin:
     rows = [json.loads(line) for line in (tmp_path / "zero" / "ablation.jsonl").read_text().splitlines()]
     none = [r["answer_logprob"] for r in rows if r["condition"] == "none"]
     with decoder_attention(model):
-        from corehead.experiments.ablate import _answer_logprob
+        from corehead.experiments.ablate import gold_scores
 
-        direct = _answer_logprob(tiny_builtin, [tiny_builtin.encode(s, answer=True) for s in generate("pages", 2, 9)])
+        direct = gold_scores(tiny_builtin, [tiny_builtin.encode(s, answer=True) for s in generate("pages", 2, 9)])[0]
     assert sorted(none) == sorted(direct)  # exactly the numbers of the plain model on corehead's attention
 
 

@@ -21,9 +21,19 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-ROWS = {"score": "results", "ablate": "ablation.jsonl", "accelerate": "accelerate.jsonl"}
-SUMMARY = {"score": "heads.json", "ablate": "ablation.json", "accelerate": "accelerate.json"}
-FIGURE = {"score": "heads.png", "ablate": "ablation.png", "accelerate": "accelerate.png"}
+ROWS = {
+    "score": "results",
+    "ablate": "ablation.jsonl",
+    "accelerate": "accelerate.jsonl",
+    "attribute": "attribute.jsonl",
+}
+SUMMARY = {
+    "score": "heads.json",
+    "ablate": "ablation.json",
+    "accelerate": "accelerate.json",
+    "attribute": "attribute.json",
+}
+FIGURE = {"score": "heads.png", "ablate": "ablation.png", "accelerate": "accelerate.png", "attribute": "heads.png"}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,19 @@ import click
 import typer
 from rich.markup import escape
 
-from corehead.cli import ablate, accelerate, data, demo, evaluate, heads, report, score, study, train_builtin
+from corehead.cli import (
+    ablate,
+    accelerate,
+    attribute,
+    data,
+    demo,
+    evaluate,
+    heads,
+    report,
+    score,
+    study,
+    train_builtin,
+)
 from corehead.cli.console import err, quiet
 from corehead.cli.options import RegistryHelp
 
@@ -24,6 +36,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(heads.app, name="heads")
 app.command("eval")(evaluate.eval_cmd)
 app.command("score")(score.score)
+app.command("attribute")(attribute.attribute)
 app.command("ablate", cls=RegistryHelp)(ablate.ablate)
 app.command("accelerate", cls=RegistryHelp)(accelerate.accelerate)
 app.command("demo")(demo.demo)

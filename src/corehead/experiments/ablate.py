@@ -63,6 +63,7 @@ __all__ = [
     "ablate",
     "choose_samples",
     "conditions",
+    "gold_scores",
     "intervened",
     "pair_sources",
     "parse_k",
@@ -86,19 +87,27 @@ def intervened(
     return ablation_mode(mode).applied(model, heads, Needs(means or {}, forbid, source, visual))
 
 
-@torch.no_grad()
-def _answer_logprob(adapter: ChatAdapter, encoded: list[Encoded]) -> list[float]:
-    """Log-probability of each gold answer (its tokens and the end of turn), teacher-forced."""
-    batch = adapter.collate(encoded)
-    logits = adapter.model(**{k: v.to(adapter.model.device) for k, v in batch.items()}).logits.float()
-    logp = logits.log_softmax(-1)
+def gold_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], encoded: list[Encoded]) -> torch.Tensor:
+    """[B] log-probability of each gold answer (its tokens and the end of turn) under teacher forcing, from the
+    batch's logits (differentiable); and, as a second row, whether every one of those tokens is the top choice."""
+    logp = logits.float().log_softmax(-1)
     width = batch["input_ids"].shape[1]
-    out = []
+    sums, tops = [], []
     for b, e in enumerate(encoded):
-        targets = np.concatenate([e.answer, [e.answer[-1] + 1]]) + width - e.length  # answer tokens + end
-        ids = batch["input_ids"][b, targets]
-        out.append(float(logp[b, targets - 1].gather(-1, ids[:, None].to(logp.device)).sum()))
-    return out
+        targets = torch.as_tensor(np.concatenate([e.answer, [e.answer[-1] + 1]]) + width - e.length)
+        ids = batch["input_ids"][b, targets].to(logp.device)
+        sums.append(logp[b, targets - 1].gather(-1, ids[:, None]).sum())
+        tops.append((logp[b, targets - 1].argmax(-1) == ids).all().to(logp.dtype))
+    return torch.stack([torch.stack(sums), torch.stack(tops)])
+
+
+@torch.no_grad()
+def gold_scores(adapter: ChatAdapter, encoded: list[Encoded]) -> tuple[list[float], list[bool]]:
+    """Each gold answer's teacher-forced log-probability (its tokens and the end of turn), and whether the model
+    ranks every one of those tokens first (teacher-forced correctness)."""
+    batch = {k: v.to(adapter.model.device) for k, v in adapter.collate(encoded).items()}
+    logp, top = gold_logprobs(adapter.model(**batch).logits, batch, encoded)
+    return [float(x) for x in logp], [bool(x) for x in top]
 
 
 def pair_sources(samples: list[Sample]) -> dict[str, Sample]:
@@ -150,7 +159,7 @@ def _answer(
         needs = Needs(means, mode.forbidden(batch.samples, encoded), source, mode.visual(encoded))
         with mode.applied(adapter.model, heads, needs):
             if encoded is batch.answered:
-                out.append(_answer_logprob(adapter, encoded))
+                out.append(gold_scores(adapter, encoded)[0])
             else:
                 out.append(adapter.generate_encoded(encoded, max_new_tokens))
     return out[0], out[1]
