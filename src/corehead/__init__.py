@@ -16,6 +16,7 @@ __all__ = [
     "VisualUnit",
     "__version__",
     "ablate",
+    "compare_rankings",
     "hybrid",
     "load_dataset",
     "load_model",
@@ -30,6 +31,7 @@ _LAZY = {
     "HeadScores": "corehead.heads",
     "HeadSet": "corehead.heads",
     "select_heads": "corehead.heads",
+    "compare_rankings": "corehead.heads",
 }
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from corehead.metrics.agreement import rank_agreement
 from corehead.metrics.stats import bootstrap_mean_ci
+from corehead.runfolder import RunFolder
 
 FORMAT = "corehead.headset"
 VERSION = 1
@@ -37,6 +40,28 @@ def scored_samples(dataset: str, seed: int | None, ids: list[str]) -> dict[str, 
     digest (`ids_digest`, so runs can be compared without the id lists)."""
     ordered = sorted(ids)
     return {"dataset": dataset, "seed": seed, "n": len(ordered), "ids": ordered, "digest": ids_digest(ordered)}
+
+
+def sample_grid(
+    table: pa.Table, metric: str = "ram", query: str = "question", only: set[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """A scoring run's per-sample values of `metric` on `query` rows: the sample ids (in row order) and a
+    [samples, layers, heads] grid; `only` keeps those ids."""
+    if metric not in table.column_names:
+        raise ValueError(f"unknown metric {metric!r}; the results hold {', '.join(table.column_names[5:])}")
+    rows = table.filter(pa.compute.equal(table.column("query"), query))
+    if only is not None:
+        rows = rows.filter(pa.compute.is_in(rows.column("sample_id"), value_set=pa.array(sorted(only))))
+    if rows.num_rows == 0:
+        raise ValueError(f"no rows for query group {query!r}" + (" among the chosen samples" if only else ""))
+    ids = rows.column("sample_id").to_numpy(zero_copy_only=False)
+    layers = rows.column("layer").to_numpy().astype(int)
+    heads = rows.column("head").to_numpy().astype(int)
+    values = rows.column(metric).to_numpy()
+    order = {str(sid): i for i, sid in enumerate(dict.fromkeys(ids))}
+    grid = np.full((len(order), layers.max() + 1, heads.max() + 1), np.nan)
+    grid[[order[str(s)] for s in ids], layers, heads] = values
+    return list(order), grid
 
 
 @dataclass
@@ -60,22 +85,9 @@ class HeadScores:
         only: set[str] | None = None,
     ) -> HeadScores:
         """Aggregate a scoring run's rows (one per sample, layer, head, query group); `only` keeps those ids."""
-        if metric not in table.column_names:
-            raise ValueError(f"unknown metric {metric!r}; the results hold {', '.join(table.column_names[5:])}")
-        rows = table.filter(pa.compute.equal(table.column("query"), query))
-        if only is not None:
-            rows = rows.filter(pa.compute.is_in(rows.column("sample_id"), value_set=pa.array(sorted(only))))
-        if rows.num_rows == 0:
-            raise ValueError(f"no rows for query group {query!r}" + (" among the chosen samples" if only else ""))
-        ids = rows.column("sample_id").to_numpy(zero_copy_only=False)
-        layers = rows.column("layer").to_numpy().astype(int)
-        heads = rows.column("head").to_numpy().astype(int)
-        values = rows.column(metric).to_numpy()
-        order = {sid: i for i, sid in enumerate(dict.fromkeys(ids))}
-        grid = np.full((len(order), layers.max() + 1, heads.max() + 1), np.nan)
-        grid[[order[s] for s in ids], layers, heads] = values
+        _, grid = sample_grid(table, metric, query, only)
         mean, low, high = bootstrap_mean_ci(grid, seed=seed)
-        return cls(metric, query, mean, low, high, len(order))
+        return cls(metric, query, mean, low, high, len(grid))
 
     def ranking(self) -> list[tuple[int, int]]:
         """(layer, head) from the highest mean score down."""
@@ -299,3 +311,60 @@ def from_duo_tsv(text: str, n_heads: int) -> HeadSet:
     scores = HeadScores("duo_attention", "imported", mean, mean.copy(), mean.copy(), 0)
     selected = [p for p in scores.ranking() if mean[p] > 0.5]
     return make_headset(scores, selected, {"threshold": 0.5}, "?", "?", n_kv)
+
+
+def causal_grid(run: Path) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """A causal run's per-sample head effects: the sample ids, a [samples, layers, heads] grid of the drop
+    in the gold answer's log-probability when each head alone is ablated, and the rows' method, mode and
+    target (one of each: effects of different methods or modes are not one ranking)."""
+    path = RunFolder(Path(run)).rows("attribute")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {run} is not a causal run folder (corehead attribute)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} has no rows yet")
+    kinds = {(row["method"], row["mode"], row["target"]) for row in rows}
+    if len(kinds) > 1:
+        mixed = ", ".join("/".join(kind) for kind in sorted(kinds))
+        raise ValueError(f"{path} mixes methods or modes ({mixed}): compare one at a time")
+    try:
+        grid = np.asarray([row["effects"] for row in rows], dtype=float)
+    except ValueError:
+        grid = np.empty(0)
+    if grid.ndim != 3:
+        raise ValueError(f"{path}: the rows' effects are not [layers][heads] grids of one shape")
+    method, mode, target = kinds.pop()
+    return [str(row["id"]) for row in rows], grid, {"method": method, "mode": mode, "target": target}
+
+
+def _shared_samples(first: Path, second: Path) -> int | None:
+    """How many samples two runs' heads.json both record as scored (None when either does not record them)."""
+    paths = [RunFolder(run).heads for run in (first, second)]
+    if not all(path.exists() for path in paths):
+        return None
+    a, b = (set(HeadSet.load(path).scored.get("ids") or ()) for path in paths)
+    return len(a & b) if a and b else None
+
+
+def compare_rankings(
+    ram_run: Path, causal_run: Path, fraction: float = 0.05, draws: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """How well each RAM ranking of a scoring run (`ram:<group>` and `ram_minus_distractor:<group>` for each
+    query group in its results) predicts a causal run's head effects: one row of `rank_agreement` numbers
+    per ranking, plus `overlap`, the samples both runs scored, when both heads.json record them (the two
+    should be held out from each other; this reports, it does not refuse)."""
+    _, causal, _ = causal_grid(causal_run)
+    results = RunFolder(Path(ram_run)).results
+    if not results.is_dir():
+        raise FileNotFoundError(f"{ram_run} has no results/ folder: not a scoring run (corehead score)")
+    table = pq.read_table(results)
+    metrics = [m for m in ("ram", "ram_minus_distractor") if m in table.column_names]
+    shared = _shared_samples(Path(ram_run), Path(causal_run))
+    rows = []
+    for group in pa.compute.unique(table.column("query")).to_pylist():
+        for metric in metrics:
+            _, grid = sample_grid(table, metric, group)
+            agreement = rank_agreement(grid, causal, fraction, draws, seed)
+            row = {"ranking": f"{metric}:{group}", **asdict(agreement)}
+            rows.append(row if shared is None else row | {"overlap": shared})
+    return rows

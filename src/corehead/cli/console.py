@@ -36,8 +36,9 @@ class Stdout(Console):
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
 
-err = Console(stderr=True)
-out = Stdout()
+# no emoji codes: names such as causal:zero:logprob are printed as they are
+err = Console(stderr=True, emoji=False)
+out = Stdout(emoji=False)
 
 
 @contextmanager

@@ -1,9 +1,11 @@
-"""`corehead heads show|compare|export`: read, compare and convert head sets (heads.json); and the --heads
-option of the commands that use a head set."""
+"""`corehead heads show|compare|export`: read, compare and convert head sets (heads.json), compare a scoring
+run's RAM rankings with a causal run's head effects; and the --heads option of the commands that use a head
+set."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,10 +13,14 @@ from typing import Annotated, Any
 import typer
 
 from corehead.cli.console import emit_json, log
-from corehead.cli.tables import print_headset
+from corehead.cli.options import JsonOpt
+from corehead.cli.tables import print_agreement, print_headset
 from corehead.runfolder import RunFolder
 
-app = typer.Typer(help="Show, compare and export head sets (heads.json).", no_args_is_help=True)
+app = typer.Typer(
+    help="Show, compare and export head sets (heads.json); compare RAM rankings with causal effects.",
+    no_args_is_help=True,
+)
 HeadsOpt = Annotated[Path, typer.Option("--heads", help="heads.json (or its scoring run folder) that ranks the heads.")]
 OverlapOpt = Annotated[
     bool,
@@ -61,13 +67,38 @@ def show(
 
 @app.command("compare")
 def compare(
-    first: Annotated[Path, typer.Argument(help="heads.json of one run.")],
-    second: Annotated[Path, typer.Argument(help="heads.json of another run.")],
+    first: Annotated[
+        Path, typer.Argument(help="heads.json of one run (or its run folder); or a scoring run folder with results/.")
+    ],
+    second: Annotated[
+        Path, typer.Argument(help="heads.json of another run (or its run folder); or a causal run folder.")
+    ],
+    fraction: Annotated[
+        float, typer.Option("--fraction", help="Share of heads in each top-k (RAM vs causal effects).")
+    ] = 0.05,
+    draws: Annotated[int, typer.Option("--draws", help="Bootstrap draws (RAM vs causal effects).")] = 1000,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Overlap of two head sets: Jaccard of the selections, Spearman correlation of the rankings."""
-    from corehead.heads import overlap
+    """Compare two head rankings. Two head sets: Jaccard of the selections and Spearman correlation of the
+    rankings (printed as JSON). A scoring run folder and a causal run folder (attribute.jsonl, from corehead
+    attribute): how well each RAM ranking (per metric and query group) predicts the heads' causal effects:
+    Spearman, top-k precision and recall of the causally needed heads, with 95% bootstrap CIs (pass their
+    heads.json files instead for the overlap of the two head sets)."""
+    from corehead.heads import compare_rankings, overlap
 
+    if RunFolder(first).results.is_dir() and RunFolder(second).rows("attribute").exists():
+        rows = compare_rankings(first, second, fraction=fraction, draws=draws)
+        if as_json:
+            emit_json({"rankings": [{k: _finite(v) for k, v in row.items()} for row in rows]})
+        else:
+            print_agreement(rows, second)
+        return
     emit_json(overlap(load_headset(first), load_headset(second)))
+
+
+def _finite(value: Any) -> Any:
+    """None for NaN (a recall without needed heads), so the JSON is strict."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 @app.command("export")

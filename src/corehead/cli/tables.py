@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -213,3 +215,28 @@ def print_kv_comparison(compared: dict[str, list[dict[str, Any]]], methods: list
             cells = (f"{row['accuracy']:.2f}", _paired(row, "full", 2), _paired(row, "core", 2))
             table.add_row(domain, _method_name(row), *cells, f"{row['kv_bytes_vs_full']:.2f}x")
     out.print(table)
+
+
+def _with_ci(row: dict[str, Any], name: str) -> str:
+    """A statistic with its 95% interval ('n/a' when undefined)."""
+    if math.isnan(row[name]):
+        return "n/a"
+    return f"{row[name]:.3f} [{row[f'{name}_low']:.3f}, {row[f'{name}_high']:.3f}]"
+
+
+def print_agreement(rows: list[dict[str, Any]], causal: Path) -> None:
+    """How well each RAM ranking predicts the causal effects: one line per ranking."""
+    first = rows[0]
+    view = Table(
+        title=f"RAM rankings vs causal effects in {causal} ({first['n_causal']} samples; top k = {first['k']} "
+        f"heads; {first['needed']} heads needed: effect CI above 0)"
+    )
+    shared = "overlap" in first
+    for col in ("ranking", "samples", "Spearman [95% CI]", "precision@k [95% CI]", "recall [95% CI]"):
+        view.add_column(col, justify="right")
+    if shared:
+        view.add_column("shared samples", justify="right")
+    for row in rows:
+        cells = [_with_ci(row, name) for name in ("spearman", "precision", "recall")]
+        view.add_row(row["ranking"], str(row["n_ram"]), *cells, *([str(row["overlap"])] if shared else []))
+    out.print(view)
