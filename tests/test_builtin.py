@@ -50,7 +50,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             f"accelerate-{domain}/accelerate.png",
         ):
             assert (tmp_path / picture).stat().st_size > 1000
-        sweep = {(r["condition"], r["k"]): r for r in summary["ablation"][domain]}
+        assert (tmp_path / f"attribute-{domain}" / "heads.json").exists()  # the causal ranking, cut beside RAM's
+        assert {r["ranking"] for r in summary["ablation"][domain]} == {"", "ram:question", "causal:zero:logprob"}
+        assert {r["ranking"] for r in summary["agreement"][domain]} >= {"ram:question", "ram:all"}
+        sweep = {
+            (r["condition"], r["k"]): r for r in summary["ablation"][domain] if r["ranking"] != "causal:zero:logprob"
+        }
         assert {("top", 5), ("bottom", 10), ("random", 10)} <= set(sweep) and sweep[("top", 5)]["n"] == 3
         methods = {r["method"]: r for r in summary["acceleration"][domain]}
         assert set(methods) == {"full", "core", "uniform", "duo", "bottom"} and methods["core"]["n"] == 2

@@ -48,11 +48,13 @@ def test_pipeline_writes_the_single_commands_folders_and_a_summary(tiny_builtin:
         "accuracy",
         "by_domain",
         "core_heads",
+        "causal_heads",
+        "agreement",
         "ablation",
         "acceleration",
     ]
-    assert summary["n"] == 6 and set(summary["core_heads"]) == {"scenes", "pages"}
-    assert all(total == done for _, total, done in seen) and len(seen) == 1 + 3 * 2
+    assert summary["n"] == 6 and set(summary["core_heads"]) == set(summary["causal_heads"]) == {"scenes", "pages"}
+    assert all(total == done for _, total, done in seen) and len(seen) == 1 + 4 * 2
     for domain in by_domain:
         score, ab, acc = (RunFolder(tmp_path / f"{c}-{domain}") for c in ("score", "ablate", "accelerate"))
         assert sorted(p.name for p in score.path.iterdir()) == [
@@ -67,5 +69,12 @@ def test_pipeline_writes_the_single_commands_folders_and_a_summary(tiny_builtin:
         assert acc.read_summary("accelerate")["methods"] == summary["acceleration"][domain]
         assert ab.figure("ablate").read_bytes()[:4] == acc.figure("accelerate").read_bytes()[:4] == b"\x89PNG"
         assert ab.manifest()["dataset"] == acc.manifest()["dataset"] == f"synthetic:{domain}"
+        # the causal ranking (on the scoring samples) is cut beside RAM's, and compared with every RAM ranking
+        causal = RunFolder(tmp_path / f"attribute-{domain}")
+        assert causal.manifest()["method"] == "atp" and (causal.heads).exists()
+        rankings = {r["ranking"] for r in summary["ablation"][domain]} - {""}  # "" is the full model
+        assert rankings == {"ram:question", "causal:zero:logprob"}
+        agreement = {row["ranking"] for row in summary["agreement"][domain]}
+        assert {"ram:question", "ram:all", "ram_minus_distractor:question"} <= agreement
     again = run_pipeline(tiny_builtin, by_domain, tests, eval_samples, tmp_path, options, progress)
     assert again == summary  # resumed: every row read back (timings included), nothing redone

@@ -14,7 +14,13 @@ from corehead.cli.accelerate import kv_methods
 from corehead.cli.console import emit_json, log, out, progress
 from corehead.cli.launch import processes
 from corehead.cli.options import DATA, MODEL, DataOptions, Group, ModelOptions, Opt, RunOptions, options, run_options
-from corehead.cli.tables import accuracy_table, print_core_heads, print_kv_comparison, print_sweep
+from corehead.cli.tables import (
+    accuracy_table,
+    print_agreement,
+    print_core_heads,
+    print_kv_comparison,
+    print_sweep,
+)
 from corehead.runfolder import RunFolder
 
 
@@ -33,6 +39,7 @@ class StudyOptions:
     prefill: bool = True
     query: str = "question"
     metric: str = "ram"
+    attribute: str = "atp"
 
     def pipeline(self, model: str, data: str, seed: int, batch_size: int) -> Any:
         """The experiments' PipelineOptions for these settings (mode and methods checked by their registries)."""
@@ -42,7 +49,10 @@ class StudyOptions:
         MODES.get(self.mode)
         same = ("n_ablate", "n_accelerate", "ks", "seeds", "mode", "budget", "prefill", "metric")  # named alike
         methods = tuple(kv_methods(self.methods))
+        if self.attribute not in ("atp", "exact", "none"):
+            raise ValueError(f"--attribute must be atp, exact or none; got {self.attribute!r}")
         settings = {f: getattr(self, f) for f in same} | {"query": self.query.replace("-", "_")}
+        settings["attribute"] = None if self.attribute == "none" else self.attribute
         return PipelineOptions(
             model, data, seed, methods=methods, eval_batch_size=batch_size, ablate_batch_size=batch_size, **settings
         )
@@ -62,11 +72,16 @@ STUDY = Group(
         "prefill": Opt(("--prefill/--no-prefill",), "Reduced heads see only their kept tokens in the prefill too."),
         "query": Opt(("--query",), "Query rows that rank heads: all, question, prompt-end or answer."),
         "metric": Opt(("--metric",), "ram or ram_minus_distractor."),
+        "attribute": Opt(
+            ("--attribute",),
+            "Causal ranking of the heads on the scoring samples, cut top-k beside RAM's: atp (one forward and "
+            "backward per batch), exact (each head cut alone: heads + 1 forwards per batch) or none.",
+        ),
     },
 )
 RUN = run_options(
     Path("runs/study"),
-    "Run folder (summary.json, report.html, score-*/, ablate-*/, accelerate-*/).",
+    "Run folder (summary.json, report.html, score-*/, attribute-*/, ablate-*/, accelerate-*/).",
     32,
     "Samples per batch when answering (evaluation and ablation).",
 )
@@ -140,6 +155,8 @@ def show(summary: dict[str, Any], folder: Path, study: StudyOptions, title: str,
     out.print(accuracy_table(title, summary["by_domain"], summary))
     headsets = {d: HeadSet.load(RunFolder(folder).stage("score", d).heads) for d in summary["core_heads"]}
     print_core_heads(headsets, study.n_score)
+    for domain, rows in summary.get("agreement", {}).items():
+        print_agreement(rows, RunFolder(folder).stage("attribute", domain).path)
     print_sweep(summary["ablation"], study.n_ablate, study.seeds, study.mode)
     when = "prefill and decode" if study.prefill else "decode"
     kv = f"visual KV at budget {study.budget:g} for non-CoRe KV heads, {when} ({study.n_accelerate} samples per domain)"

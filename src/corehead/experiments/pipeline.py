@@ -3,7 +3,8 @@ CoRe heads, whether cutting them hurts, and what keeping full visual KV only for
 
     out/predictions-seed{seed}.jsonl   answers to the evaluation samples
     out/score-D/     a scoring run on domain D's scoring samples (heads.json, heads.png, maps of 4 samples)
-    out/ablate-D/    top-k, bottom-k and random-k heads zeroed on D's test samples (ablation.json, .png)
+    out/attribute-D/ the causal ranking of the heads on the same samples (attribute.json, heads.json)
+    out/ablate-D/    top-k, bottom-k and random-k heads of both rankings cut on D's test samples (ablation.json, .png)
     out/accelerate-D/  KV compression methods at one budget on D's test samples (accelerate.json, .png)
     out/summary.json the numbers of all of them
 
@@ -24,11 +25,12 @@ from corehead.experiments.ablate import ablate, parse_k, plan_conditions
 from corehead.experiments.ablate import summarize as summarize_ablation
 from corehead.experiments.accelerate import accelerate, arms_per_sample
 from corehead.experiments.accelerate import summarize as summarize_acceleration
+from corehead.experiments.attribute import attribute
 from corehead.experiments.evaluate import evaluate
 from corehead.experiments.runs import Shard, current_shard
 from corehead.experiments.score import ScoreOptions, score_and_select
 from corehead.experiments.study import share
-from corehead.heads import HeadSet
+from corehead.heads import HeadSet, compare_rankings
 from corehead.models.base import ChatAdapter
 from corehead.runfolder import RunFolder
 
@@ -59,6 +61,7 @@ class PipelineOptions:
     maps: int = 4  # attention maps kept per scoring run, for the report's overlays
     query: str = "question"  # the query rows that rank heads (every group is recorded)
     metric: str = "ram"
+    attribute: str | None = "atp"  # the causal ranking's method (None: no causal ranking)
 
     def dataset(self, domain: str) -> str:
         """The dataset label of one domain's runs ('synthetic:scenes' for synthetic:all)."""
@@ -97,7 +100,11 @@ def run_pipeline(
     stages = _Stages(adapter, out, options, progress, shard)
     heads = {domain: stages.score(domain, chosen) for domain, chosen in score_sets.items()}
     summary["core_heads"] = {domain: headset.selected for domain, headset in heads.items()}
-    summary["ablation"] = {d: stages.ablate(d, h, test_sets[d]) for d, h in heads.items()}
+    causal = {d: stages.attribute(d, score_sets[d]) for d in heads} if options.attribute else {}
+    if causal:
+        summary["causal_heads"] = {domain: headset.selected for domain, headset in causal.items()}
+        summary["agreement"] = {d: stages.agreement(d) for d in causal}
+    summary["ablation"] = {d: stages.ablate(d, h, test_sets[d], causal.get(d)) for d, h in heads.items()}
     summary["acceleration"] = {d: stages.accelerate(d, h, test_sets[d]) for d, h in heads.items()}
     if shard.main:
         RunFolder(out).study_summary.write_text(json.dumps(summary, indent=2))
@@ -133,11 +140,39 @@ class _Stages:
             )
         return headset
 
-    def ablate(self, domain: str, headset: HeadSet, samples: list[Sample]) -> list[dict[str, Any]]:
+    def attribute(self, domain: str, samples: list[Sample]) -> HeadSet:
+        """The causal ranking on the scoring samples (the study's ablation mode, its method)."""
+        options = self.options
+        method = options.attribute or "atp"
+        folder = RunFolder(self.out).stage("attribute", domain)
+        with self.progress(f"causal ranking on {domain} ({method})", share(samples, 8, self.shard)) as advance:
+            attribute(
+                self.adapter,
+                samples,
+                folder.path,
+                method=method,
+                mode=options.mode,
+                dataset=options.dataset(domain),
+                seed=options.seed if options.score_seed is None else options.score_seed,
+                on_progress=advance,
+                shard=self.shard,
+            )
+        return HeadSet.load(folder.heads)
+
+    def agreement(self, domain: str) -> list[dict[str, Any]]:
+        """How well each RAM ranking of the scoring run predicts the causal one (compare_rankings)."""
+        folder = RunFolder(self.out)
+        return compare_rankings(folder.stage("score", domain).path, folder.stage("attribute", domain).path, draws=300)
+
+    def ablate(
+        self, domain: str, headset: HeadSet, samples: list[Sample], causal: HeadSet | None = None
+    ) -> list[dict[str, Any]]:
         options = self.options
         chosen = samples[: options.n_ablate]
         ks = parse_k(options.ks, len(headset.ranking))
         rankings = {f"{headset.metric}:{headset.query}": headset.ranking}
+        if causal is not None:  # ranked on the same samples as RAM: both held out from the test samples
+            rankings[causal.metric] = causal.ranking
         total = share(chosen, options.ablate_batch_size, self.shard) * len(plan_conditions(rankings, ks, options.seeds))
         with self.progress(f"ablating heads on {domain}", total) as advance:
             rows = ablate(
