@@ -154,3 +154,16 @@ def test_rankings_ranks_on_one_seed_and_tests_every_ranking_on_another(
     assert heads["scored"]["seed"] == 5 and not set(heads["scored"]["ids"]) & tested  # held out
     with pytest.raises(SystemExit):
         _main("rankings", [*args, "--score-seed", "5", "--test-seed", "5"], monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_causal_compares_atp_with_exact_and_ram_with_causal_on_held_out_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--n-score", "3", "--n-atp", "2", "--n-exact", "1", "--domains", "scenes", "--draws", "50"]
+    printed = _main("causal", [*args, "--out", str(tmp_path)], monkeypatch, capsys)
+    assert "atp vs exact, zero: n=1  Spearman" in printed and "atp vs exact, mask-region: n=1" in printed
+    assert "ram:question" in printed and "ram_minus_distractor:all" in printed and "bottom 5 by RAM" in printed
+    scored = json.loads((tmp_path / "score-scenes" / "heads.json").read_text())["scored"]["ids"]
+    causal = json.loads((tmp_path / "attr-scenes-zero-exact" / "heads.json").read_text())["scored"]["ids"]
+    assert len(causal) == 1 and not set(scored) & set(causal)  # ranked on other samples than RAM
