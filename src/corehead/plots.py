@@ -171,3 +171,63 @@ def unit_mass(masses: dict[str, np.ndarray], xlabel: str, title: str, path: Path
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def ram_vs_causal(
+    ram: np.ndarray,
+    effect: np.ndarray,
+    interval: tuple[np.ndarray, np.ndarray],
+    core: list[tuple[int, int]],
+    causal_top: list[tuple[int, int]],
+    xlabel: str,
+    title: str,
+    path: Path,
+) -> Path:
+    """Each head's RAM score (x) against its causal effect (y, with its 95% CI as an error bar), all
+    [layers, heads]: whether the heads RAM selects (`core`) are the heads the model needs (`causal_top`)."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    low, high = (bound.ravel() for bound in interval)
+    y = effect.ravel()
+    ax.errorbar(
+        ram.ravel(), y, yerr=[y - low, high - y], fmt="o", ms=3, color="grey", ecolor="lightgrey", label="heads"
+    )
+    marks = {"CoRe heads (RAM)": (core, "o", "red", 70), "causal top heads": (causal_top, "s", "tab:blue", 110)}
+    for name, (heads, marker, color, size) in marks.items():
+        if heads:
+            rows, cols = np.array(heads).T
+            at = (ram[rows, cols], effect[rows, cols])
+            ax.scatter(*at, s=size, marker=marker, edgecolors=color, facecolors="none", zorder=3, label=name)
+    for layer, head in dict.fromkeys([*core, *causal_top]):
+        where = (ram[layer, head], effect[layer, head])
+        ax.annotate(f"L{layer}H{head}", where, xytext=(6, 3), textcoords="offset points", fontsize=7)
+    ax.axhline(0.0, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("drop in the gold answer's log-prob when cut")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def causal_layer_profile(causal: np.ndarray, ram: np.ndarray | None, ram_label: str, title: str, path: Path) -> Path:
+    """Mean causal effect per layer (left axis) beside the mean RAM score per layer (right axis, when given):
+    the two are on different scales, so each line has its own axis."""
+    fig = Figure(figsize=(max(5.0, len(causal) * 0.35), 3.2))
+    ax = fig.subplots()
+    layers = np.arange(len(causal))
+    lines = ax.plot(layers, causal, marker="o", color="tab:orange", label="causal effect (left)")
+    ax.axhline(0.0, color="black", linestyle=":", linewidth=0.8)
+    ax.set_ylabel("mean drop in log-prob")
+    if ram is not None:
+        right = ax.twinx()
+        lines += right.plot(layers, ram, marker="s", color="tab:blue", label=f"{ram_label} (right)")
+        right.set_ylabel(ram_label)
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    ax.legend(handles=lines, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

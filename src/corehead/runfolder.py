@@ -5,10 +5,11 @@
 | score | results/part-*.parquet (+ maps/part-*.safetensors) | heads.json (+ heads-correct.json) | heads.png |
 | ablate | ablation.jsonl | ablation.json | ablation.png |
 | accelerate | accelerate.jsonl | accelerate.json | accelerate.png |
+| attribute | attribute.jsonl | attribute.json (+ heads.json, the causal ranking) | heads.png |
 
 Every run folder also has manifest.json (settings, progress, wall time). A folder of folders (a study,
-`corehead demo` or `corehead study`) adds summary.json and its per-study folders `score-D/`, `ablate-D/`,
-`accelerate-D/`.
+`corehead demo` or `corehead study`) adds summary.json and its per-study folders `score-D/`, `attribute-D/`,
+`ablate-D/`, `accelerate-D/`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One self-contained HTML study of scoring, ablation and acceleration runs (`corehead report`).
+"""One self-contained HTML study of scoring, causal, ablation and acceleration runs (`corehead report`).
 
 Everything the page needs is inside it: plots and pictures as base64 data URIs, CSS and JavaScript inline,
 and the numbers behind the interactive parts as JSON in a <script type="application/json"> block (escaped so
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from corehead.heads import HeadSet
+from corehead.report.causal import causal_section, partner
 from corehead.report.page import Page, finite, script_json
 from corehead.report.results import ablation, acceleration
 from corehead.report.runs import find_runs
@@ -32,7 +33,7 @@ def write_report(folders: list[Path], out: Path, samples: int = 3) -> Path:
     files = out.parent / f"{out.stem}_files"
     files.mkdir(parents=True, exist_ok=True)
     page = Page(files)
-    summary: dict[str, Any] = {"corehead": __version__, "scoring": [], "ablation": [], "acceleration": []}
+    summary: dict[str, Any] = {"corehead": __version__, "scoring": [], "causal": [], "ablation": [], "acceleration": []}
     headsets = [(label, HeadSet.load(RunFolder(run).heads)) for label, run in runs.scores]
     if headsets:
         page.add("Runs", runs_table(runs.scores, headsets))
@@ -40,6 +41,10 @@ def write_report(folders: list[Path], out: Path, samples: int = 3) -> Path:
         summary["scoring"].append(scoring(page, i, label, run, headset, runs.questions, samples))
     if len(headsets) > 1:
         summary["overlap"] = overlaps(page, headsets)
+    scored = [(label, run, hs) for (label, run), (_, hs) in zip(runs.scores, headsets, strict=True)]
+    for i, (label, run) in enumerate(runs.causal):
+        compared = partner(run, HeadSet.load(RunFolder(run).heads), scored)
+        summary["causal"].append(causal_section(page, i, label, run, compared))
     for i, (label, run) in enumerate(runs.ablations):
         summary["ablation"].append(ablation(page, i, label, run))
     for i, (label, run) in enumerate(runs.accelerations):

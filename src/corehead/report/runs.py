@@ -16,15 +16,17 @@ class Runs:
     scores: list[tuple[str, Path]]
     ablations: list[tuple[str, Path]]
     accelerations: list[tuple[str, Path]]
+    causal: list[tuple[str, Path]]  # `corehead attribute` runs
     questions: dict[str, str]  # sample id -> question, from answers.jsonl / predictions*.jsonl files
 
     @property
     def labels(self) -> list[str]:
-        return [label for label, _ in self.scores + self.ablations + self.accelerations]
+        return [label for label, _ in self.scores + self.causal + self.ablations + self.accelerations]
 
 
 def find_runs(folders: list[Path]) -> Runs:
-    """Search each folder recursively for heads.json, ablation.json and accelerate.json."""
+    """Search each folder recursively for heads.json, ablation.json, accelerate.json and attribute.json (a
+    causal run, which writes a heads.json too: it is not counted as a scoring run)."""
     for folder in folders:
         if not folder.is_dir():
             raise ValueError(f"{folder} is not a folder")
@@ -37,10 +39,15 @@ def find_runs(folders: list[Path]) -> Runs:
                 runs.setdefault(path.parent, folder.name if below == Path() else str(below))
         return [(label, path) for path, label in runs.items()]
 
-    runs = Runs(found(SUMMARY["score"]), found(SUMMARY["ablate"]), found(SUMMARY["accelerate"]), _questions(folders))
-    if not (runs.scores or runs.ablations or runs.accelerations):
+    causal = found(SUMMARY["attribute"])
+    attributed = {path for _, path in causal}
+    scores = [(label, path) for label, path in found(SUMMARY["score"]) if path not in attributed]
+    runs = Runs(scores, found(SUMMARY["ablate"]), found(SUMMARY["accelerate"]), causal, _questions(folders))
+    if not (runs.scores or runs.ablations or runs.accelerations or runs.causal):
         names = ", ".join(str(f) for f in folders)
-        raise ValueError(f"no runs in {names}: expected heads.json, ablation.json or accelerate.json below it")
+        raise ValueError(
+            f"no runs in {names}: expected heads.json, ablation.json, accelerate.json or attribute.json below it"
+        )
     return runs
 
 
