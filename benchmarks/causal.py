@@ -59,7 +59,7 @@ def atp_vs_exact(found: dict[str, Path], mode: str) -> str:
     ids, _, _ = causal_grid(found[f"exact-{mode}"])
     exact, atp = mean_effects(found[f"exact-{mode}"]), mean_effects(found[f"atp-{mode}"], ids)
     k = max(1, round(0.05 * exact.size))
-    overlap = (top_mask(exact, k) & top_mask(atp, k)).sum() / k
+    overlap = (top_mask(exact.ravel(), k) & top_mask(atp.ravel(), k)).sum() / k
     worst = np.argsort(-np.abs(atp - exact), axis=None)[:3]
     misses = ", ".join(
         f"{i // exact.shape[1]}-{i % exact.shape[1]} (exact {exact.flat[i]:+.4f}, atp {atp.flat[i]:+.4f})"
