@@ -3,6 +3,7 @@ turn it writes (or one's own, or none), the question and answer located by chara
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -117,7 +118,7 @@ def test_no_system_prompt_is_a_no_op_for_a_template_without_one() -> None:
 def test_question_and_answer_rows_are_found_by_offsets_in_the_real_templates(family: str) -> None:
     """Tokenized as one string, the question's and the answer's tokens decode to exactly their texts."""
     builders = {"qwen2_vl": tiny_models.tiny_qwen2_vl, "internvl": tiny_models.tiny_internvl}
-    adapter = builders[family]() if family in builders else tiny_models.tiny_llava(family)
+    adapter = copy.copy(builders[family]() if family in builders else tiny_models.tiny_llava(family))  # cached
     adapter.chat = TemplateChat(checkpoints.template(family), adapter.tokenizer)
     enc = adapter.encode(SAMPLE, answer=True)
     ids = enc.inputs["input_ids"][0]

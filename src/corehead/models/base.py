@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from corehead.data.sample import Box, Region, Sample, SampleError, VisualUnit
-from corehead.models.chat import Chat, ChatFormat, Piece, find_template, make_chat
+from corehead.models.chat import CHATML, Chat, ChatFormat, Piece, find_template, make_chat
 from corehead.models.shape import ModelShape
 
 
@@ -224,9 +224,7 @@ class ChatAdapter(ABC):
     processor does. The whole prompt is then tokenized at once and tagged by character offsets.
     """
 
-    fallback: ChatFormat = ChatFormat(
-        user="<|im_start|>user\n", assistant="<|im_end|>\n<|im_start|>assistant\n", end="<|im_end|>", image=""
-    )
+    fallback: ChatFormat = CHATML
     placeholders: dict[str, str]  # set by each family: the text a template writes for an image or a video
     with_mm_types: bool = False  # whether the model takes mm_token_type_ids
 

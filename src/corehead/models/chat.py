@@ -84,6 +84,16 @@ class ChatFormat:
         return out
 
 
+# ChatML, the turn format of the Qwen, OneVision and InternVL families (each family sets its placeholders)
+CHATML = ChatFormat(
+    user="<|im_start|>user\n",
+    assistant="<|im_end|>\n<|im_start|>assistant\n",
+    end="<|im_end|>",
+    image="",
+    system="<|im_start|>system\n{}<|im_end|>\n",
+)
+
+
 @dataclass
 class TemplateChat:
     """The checkpoint's own chat template, rendered by the tokenizer (`apply_chat_template`).

@@ -11,6 +11,7 @@ tile. Video frames are single tiles (no tiling, no thumbnail), each written "Fra
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 
 from corehead.data.sample import VisualUnit
 from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
-from corehead.models.chat import ChatFormat
+from corehead.models.chat import CHATML
 
 __all__ = ["InternVLAdapter", "make_adapter"]
 
@@ -30,14 +31,7 @@ START_IMAGE = "<img>"
 END_IMAGE = "</img>"
 IMAGE, VIDEO = "<IMG_CONTEXT>", "<video>"
 # The hand-written format (for checkpoints without a template): ChatML, each image or video on its own line
-FALLBACK = ChatFormat(
-    user="<|im_start|>user\n",
-    assistant="<|im_end|>\n<|im_start|>assistant\n",
-    end="<|im_end|>",
-    image=f"{IMAGE}\n",
-    video=f"{VIDEO}\n",
-    system="<|im_start|>system\n{}<|im_end|>\n",
-)
+FALLBACK = replace(CHATML, image=f"{IMAGE}\n", video=f"{VIDEO}\n")
 
 
 class InternVLAdapter(ChatAdapter):

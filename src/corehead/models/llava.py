@@ -33,6 +33,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 )
 
 from corehead.data.sample import VisualUnit
+from corehead.models import chat
 from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
 from corehead.models.chat import ChatFormat
 
@@ -52,13 +53,7 @@ __all__ = [
 # The hand-written chat formats (for checkpoints without a template): each image is "<image>\n"
 VICUNA = ChatFormat(user="USER: ", assistant=" ASSISTANT:", end="</s>", image="<image>\n")
 MISTRAL = ChatFormat(user="[INST] ", assistant=" [/INST]", end="</s>", image="<image>\n", system="{}\n\n")
-CHATML = ChatFormat(
-    user="<|im_start|>user\n",
-    assistant="<|im_end|>\n<|im_start|>assistant\n",
-    end="<|im_end|>",
-    image="<image>\n",
-    system="<|im_start|>system\n{}<|im_end|>\n",
-)
+CHATML = replace(chat.CHATML, image="<image>\n")
 LLAMA3 = ChatFormat(
     user="<|start_header_id|>user<|end_header_id|>\n\n",
     assistant="<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",

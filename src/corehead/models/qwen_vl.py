@@ -22,20 +22,15 @@ from transformers.utils import cached_file
 
 from corehead.data.sample import VisualUnit
 from corehead.models.base import Assembled, ChatAdapter, Expansion, resize_frames, unit_groups
-from corehead.models.chat import ChatFormat
+from corehead.models.chat import CHATML
 
 __all__ = ["QWEN2_FALLBACK", "QWEN3_FALLBACK", "QwenVLAdapter", "make_adapter"]
 
 IMAGE, VIDEO = "<|image_pad|>", "<|video_pad|>"
 # The hand-written formats, as the public checkpoints' templates write a one-turn prompt: Qwen2-VL and
 # Qwen2.5-VL open with a default system turn; Qwen3-VL has none.
-QWEN3_FALLBACK = ChatFormat(
-    user="<|im_start|>user\n",
-    assistant="<|im_end|>\n<|im_start|>assistant\n",
-    end="<|im_end|>",
-    image=f"<|vision_start|>{IMAGE}<|vision_end|>",
-    video=f"<|vision_start|>{VIDEO}<|vision_end|>",
-    system="<|im_start|>system\n{}<|im_end|>\n",
+QWEN3_FALLBACK = replace(
+    CHATML, image=f"<|vision_start|>{IMAGE}<|vision_end|>", video=f"<|vision_start|>{VIDEO}<|vision_end|>"
 )
 QWEN2_FALLBACK = replace(QWEN3_FALLBACK, default_system="You are a helpful assistant.")
 
