@@ -162,6 +162,7 @@ def show(summary: dict[str, Any], folder: Path, study: StudyOptions, title: str,
     kv = f"visual KV at budget {study.budget:g} for non-CoRe KV heads, {when} ({study.n_accelerate} samples per domain)"
     print_kv_comparison(summary["acceleration"], kv_methods(study.methods), kv)
     log(
-        f"results: {folder}/ (summary.json, predictions-seed{summary['seed']}.jsonl, score-*/, ablate-*/, accelerate-*/)"
+        f"results: {folder}/ (summary.json, predictions-seed{summary['seed']}.jsonl, score-*/, attribute-*/, ablate-*/, "
+        "accelerate-*/)"
     )
     log(f"report: {summary['report']} ({name} took {summary['wall_s']:.0f} s)")
