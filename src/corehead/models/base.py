@@ -487,7 +487,7 @@ def resize_frames(frames: list[Image.Image], height: int, width: int) -> list[Im
         if frame.size == (width, height):
             out.append(frame)
             continue
-        pixels = torch.from_numpy(np.asarray(frame.convert("RGB"))).permute(2, 0, 1)[None].contiguous()
+        pixels = torch.from_numpy(np.array(frame.convert("RGB"))).permute(2, 0, 1)[None].contiguous()
         resized = torch.nn.functional.interpolate(
             pixels, size=[height, width], mode="bicubic", align_corners=False, antialias=True
         )
