@@ -109,7 +109,7 @@ class AttributeStudy(Study):
     def summarise(
         self, adapter: ChatAdapter, samples: list[Sample], rows: Any, out: Path | None, shard: Shard
     ) -> dict[str, Any] | None:
-        if not shard.main or not rows:
+        if not rows:  # every process sums up the merged rows (the main one publishes them)
             return None
         grid = np.asarray([r["effects"] for r in rows], dtype=float)
         mean, low, high = bootstrap_mean_ci(grid)
@@ -216,7 +216,7 @@ def attribute(
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Every head's causal effect on `samples`' gold answers into the run folder `out` (resumable): rows,
-    attribute.json, heads.json (the causal ranking); returns the summary (on the main process)."""
+    attribute.json, heads.json (the causal ranking); returns the summary (on every process)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     cut = ablation_mode(mode)

@@ -146,7 +146,7 @@ class _Stages:
         method = options.attribute or "atp"
         folder = RunFolder(self.out).stage("attribute", domain)
         with self.progress(f"causal ranking on {domain} ({method})", share(samples, 8, self.shard)) as advance:
-            attribute(
+            summary = attribute(
                 self.adapter,
                 samples,
                 folder.path,
@@ -157,10 +157,14 @@ class _Stages:
                 on_progress=advance,
                 shard=self.shard,
             )
-        return HeadSet.load(folder.heads)
+        headset: HeadSet = summary["headset"]
+        return headset
 
     def agreement(self, domain: str) -> list[dict[str, Any]]:
-        """How well each RAM ranking of the scoring run predicts the causal one (compare_rankings)."""
+        """How well each RAM ranking of the scoring run predicts the causal one (compare_rankings; the main
+        process, which writes the summary, reads the runs' files once every stage is published)."""
+        if not self.shard.main:
+            return []
         folder = RunFolder(self.out)
         return compare_rankings(folder.stage("score", domain).path, folder.stage("attribute", domain).path, draws=300)
 
