@@ -69,72 +69,15 @@ OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.2686
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 ANSWER = "red"  # probe_sample's answer
 
-# ----------------------------------------------------------------- settings of checkpoints whose files were not found
-
-# Qwen/Qwen2-VL-7B-Instruct and -2B-Instruct ship this preprocessor_config.json, the same settings as the saved
-# Qwen2.5-VL file (asserted in test_published_settings). Qwen2VLImageProcessor's class defaults differ: its
-# longest_edge is 28 * 28 * 1280 = 1003520 pixels, not 12845056, so the defaults are NOT the checkpoint's.
-QWEN2_VL_PREPROCESSOR = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": OPENAI_CLIP_MEAN,
-    "image_std": OPENAI_CLIP_STD,
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2VLProcessor",
+# processor_config.json values the processors take as arguments (the published ones: tests/checkpoints.py)
+LLAVA_PROCESSOR = {
+    k: v for k, v in checkpoints.PUBLISHED["llava_next"]["processor_config.json"].items() if k != "processor_class"
 }
-# llava-hf/llava-onevision-qwen2-*-ov-hf: transformers' conversion script (convert_llava_onevision_weights_to_hf.py,
-# commit 01080c62) loads both the image and the video processor from google/siglip-so400m-patch14-384, whose
-# preprocessor_config.json sets 384x384, mean/std 0.5 and bicubic; pinpoints, do_pad and the rest are
-# LlavaOnevisionImageProcessor's class defaults. The class defaults alone would normalise with CLIP's mean/std.
-ONEVISION_PREPROCESSOR = {
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "do_pad": True,
-    "do_convert_rgb": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "resample": 3,
-    "rescale_factor": 1 / 255,
-    "size": {"height": 384, "width": 384},
-    "image_grid_pinpoints": [[a * 384, b * 384] for a in range(1, 7) for b in range(1, 7)],
-    "image_processor_type": "LlavaOnevisionImageProcessor",
-    "processor_class": "LlavaOnevisionProcessor",
+ONEVISION_PROCESSOR = {
+    k: v
+    for k, v in checkpoints.PUBLISHED["llava_onevision"]["processor_config.json"].items()
+    if k in ("num_image_tokens", "vision_feature_select_strategy")
 }
-# OpenGVLab/InternVL3-*-hf: the conversion script (convert_internvl_weights_to_hf.py, see internvl/SOURCE.md) saves
-# GotOcr2ImageProcessorFast(size 448x448, ImageNet mean/std, rescale 1/255, convert_rgb) with the class defaults
-# min_patches 1, max_patches 12, crop_to_patches false (InternVLProcessor turns tiling on per call); its
-# InternVLVideoProcessor is loaded from the same file. The class defaults alone would be 384 px and CLIP mean/std.
-INTERNVL_PREPROCESSOR = {
-    "do_resize": True,
-    "size": {"height": 448, "width": 448},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": IMAGENET_MEAN,
-    "image_std": IMAGENET_STD,
-    "do_convert_rgb": True,
-    "resample": 3,
-    "crop_to_patches": False,
-    "min_patches": 1,
-    "max_patches": 12,
-    "image_processor_type": "GotOcr2ImageProcessorFast",
-    "processor_class": "InternVLProcessor",
-}
-WRITTEN = {
-    "qwen2_vl": QWEN2_VL_PREPROCESSOR,
-    "llava_onevision": ONEVISION_PREPROCESSOR,
-    "internvl": INTERNVL_PREPROCESSOR,
-}
-# processor_config.json: LLaVA-1.5's is saved; llava-v1.6's (not found) has the same values, which its model
-# config (CLIP patch 14 with a class token, strategy "default") requires. OneVision's values are the conversion
-# script's (num_image_tokens=729, vision_feature_select_strategy="full"); InternVL's image_seq_length is the
-# class default 256 (= (448 / 14 / 2) ** 2), which its script keeps.
-LLAVA_PROCESSOR = {"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
-ONEVISION_PROCESSOR = {"num_image_tokens": 729, "vision_feature_select_strategy": "full"}
 # What each template writes after an assistant message's text (LLaVA-NeXT's "<\s>" is the template's own quirk)
 END_OF_TURN = {
     **dict.fromkeys(QWEN, "<|im_end|>\n"),
@@ -240,10 +183,12 @@ def build(name: str, workdir: Path) -> Family:
     """The family's processor (real class, checkpoint settings, real template and tokenizer) and adapter."""
     template = checkpoints.template(name)
     folder = checkpoints.folder(name)
-    if name in WRITTEN:  # no preprocessor_config.json found: write the published settings
+    if checkpoints.settings(name, "preprocessor_config.json") is None:  # not found: the published settings
         folder = workdir / name
         folder.mkdir()
-        (folder / "preprocessor_config.json").write_text(json.dumps(WRITTEN[name]))
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(checkpoints.published(name, "preprocessor_config.json"))
+        )
     image_processor = AutoImageProcessor.from_pretrained(folder)
     saved = (folder / "config.json").exists()
     if name in QWEN:
@@ -597,7 +542,7 @@ def test_published_settings() -> None:
     """Qwen2-VL's published preprocessor settings are the saved Qwen2.5-VL ones; llava-v1.6's processor settings
     are the saved LLaVA-1.5 ones."""
     saved = checkpoints.settings("qwen2_5_vl", "preprocessor_config.json")
-    assert saved == {**QWEN2_VL_PREPROCESSOR, "processor_class": "Qwen2_5_VLProcessor"}
+    assert saved == {**checkpoints.QWEN2_VL_PREPROCESSOR, "processor_class": "Qwen2_5_VLProcessor"}
     processor = checkpoints.settings("llava", "processor_config.json")
     assert processor == {**LLAVA_PROCESSOR, "image_token": "<image>", "processor_class": "LlavaProcessor"}
 

@@ -122,17 +122,7 @@ QWEN2_VL_2B: Json = {
     "vocab_size": 151936,
 }
 # Qwen/Qwen2-VL-{2B,7B}-Instruct preprocessor_config.json (written by hand; the same values as Qwen2.5-VL's saved file)
-QWEN2_VL_PROCESSOR: Json = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2VLProcessor",
-}
+QWEN2_VL_PROCESSOR: Json = checkpoints.PUBLISHED["qwen2_vl"]["preprocessor_config.json"]
 
 # llava-hf/llava-v1.6-mistral-7b-hf config.json (written by hand; the LlavaNextConfig defaults are this checkpoint):
 # Mistral-7B-Instruct-v0.2 (4096 wide, 32 query heads over 8 KV heads, rope theta 1e6, no sliding window) on
@@ -174,12 +164,7 @@ LLAVA_NEXT_MISTRAL_7B: Json = {
     },
 }
 # llava-hf/llava-v1.6-mistral-7b-hf processor_config.json settings (written by hand)
-LLAVA_NEXT_PROCESSOR: Json = {
-    "patch_size": 14,
-    "vision_feature_select_strategy": "default",
-    "num_additional_image_tokens": 1,
-    "processor_class": "LlavaNextProcessor",
-}
+LLAVA_NEXT_PROCESSOR: Json = checkpoints.PUBLISHED["llava_next"]["processor_config.json"]
 
 # llava-hf/llava-onevision-qwen2-0.5b-ov-hf config.json (written by hand): Qwen2-0.5B (896 wide, 14 query heads over
 # 2 KV heads) on SigLIP so400m at 384 px (26 of its 27 layers, all 729 patch features), anyres_max_9 over 6x6
@@ -219,27 +204,8 @@ LLAVA_ONEVISION_05B: Json = {
     },
 }
 # llava-hf/llava-onevision-qwen2-{0.5b,7b}-ov-hf preprocessor_config.json and processor settings (written by hand)
-LLAVA_ONEVISION_IMAGE_PROCESSOR: Json = {
-    "image_processor_type": "LlavaOnevisionImageProcessor",
-    "processor_class": "LlavaOnevisionProcessor",
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_pad": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_grid_pinpoints": ONEVISION_PINPOINTS,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "resample": 3,
-    "rescale_factor": 0.00392156862745098,
-    "size": {"height": 384, "width": 384},
-}
-LLAVA_ONEVISION_PROCESSOR: Json = {
-    "num_image_tokens": 729,
-    "vision_aspect_ratio": "anyres_max_9",
-    "vision_feature_select_strategy": "full",
-    "processor_class": "LlavaOnevisionProcessor",
-}
+LLAVA_ONEVISION_IMAGE_PROCESSOR: Json = checkpoints.PUBLISHED["llava_onevision"]["preprocessor_config.json"]
+LLAVA_ONEVISION_PROCESSOR: Json = checkpoints.PUBLISHED["llava_onevision"]["processor_config.json"]
 
 # OpenGVLab/InternVL3-1B-hf config.json (written by hand; the InternVLConfig defaults are this checkpoint): Qwen2.5-0.5B
 # (896 wide, 14 query heads over 2 KV heads) on InternViT-300M-448px-V2_5 (24 layers, 1024 wide, 14 px patches,
@@ -285,22 +251,7 @@ INTERNVL3_1B: Json = {
 # OpenGVLab/InternVL3-1B-hf preprocessor_config.json (written by hand from the conversion script's
 # write_image_processor: GotOcr2ImageProcessorFast at 448 px with ImageNet mean/std, class defaults for the rest:
 # 1 to 12 tiles; InternVLProcessor turns crop_to_patches on)
-INTERNVL_IMAGE_PROCESSOR: Json = {
-    "image_processor_type": "GotOcr2ImageProcessor",
-    "processor_class": "InternVLProcessor",
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "rescale_factor": 0.00392156862745098,
-    "resample": 3,
-    "size": {"height": 448, "width": 448},
-    "crop_to_patches": False,
-    "min_patches": 1,
-    "max_patches": 12,
-}
+INTERNVL_IMAGE_PROCESSOR: Json = checkpoints.PUBLISHED["internvl"]["preprocessor_config.json"]
 
 
 # --------------------------------------------------------------------------- the families
