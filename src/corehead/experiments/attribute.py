@@ -35,7 +35,7 @@ from corehead.experiments.ablate import choose_samples, gold_logprobs, gold_scor
 from corehead.experiments.modes import AblationMode, Needs, ablation_mode
 from corehead.experiments.runs import Shard
 from corehead.experiments.study import JsonRows, Position, Study, Work, run_study
-from corehead.heads import HeadScores, HeadSet, make_headset, scored_samples, select_heads
+from corehead.heads import HeadScores, HeadSet, ids_digest, make_headset, scored_samples, select_heads
 from corehead.metrics.stats import bootstrap_mean_ci
 from corehead.models.base import ChatAdapter, Encoded
 from corehead.plots import head_map
@@ -65,7 +65,7 @@ class AttributeStudy(Study):
             "dataset": self.dataset,
             "method": self.method,
             "mode": self.mode,
-            "reference": [s.id for s in self.reference],
+            "reference": {"n": len(self.reference), "digest": ids_digest(s.id for s in self.reference)},
         }
 
     def info(self, adapter: ChatAdapter) -> dict[str, Any]:
