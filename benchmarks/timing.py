@@ -56,11 +56,13 @@ def figure(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> dict
     }
 
 
-def ratio(numerator: Sequence[float], denominator: Sequence[float], digits: int = 2) -> dict[str, float]:
-    """numerator / denominator in each repeat (paired: they ran side by side), as a figure."""
+def ratio(
+    numerator: Sequence[float], denominator: Sequence[float], digits: int = 2, scale: float = 1.0
+) -> dict[str, float]:
+    """numerator / denominator in each repeat (paired: they ran side by side), as a figure (times `scale`)."""
     if len(numerator) != len(denominator):
         raise ValueError(f"ratios pair repeats: {len(numerator)} vs {len(denominator)} measurements")
-    return figure([a / b for a, b in zip(numerator, denominator, strict=True)], digits=digits)
+    return figure([a / b for a, b in zip(numerator, denominator, strict=True)], scale, digits)
 
 
 def text(value: dict[str, float], unit: str = "") -> str:

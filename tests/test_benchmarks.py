@@ -67,6 +67,14 @@ def test_acceleration_attention_and_end_to_end(monkeypatch: pytest.MonkeyPatch, 
         8 * length / (2 * length + 6 * kept), abs=0.01
     )
     assert {"hybrid_s", "hybrid_prefill_option_s", "speedup_hybrid", "speedup_prefill_option"} <= set(prefill)
+    causal, reduced = 136 * 137 / 2, 136 * (40 + math.ceil(0.1 * 96))  # query-key pairs of a full / reduced head
+    assert prefill["theoretical_speedup_prefill_option"] == pytest.approx(
+        causal / (causal / 4 + 0.75 * reduced), abs=0.01
+    )
+    share = prefill["share_of_theory"]["median"]
+    assert share == pytest.approx(
+        prefill["speedup_prefill_option"]["median"] / causal * (causal / 4 + 0.75 * reduced), rel=0.02
+    )
     assert {"prefill_hybrid_s", "prefill_hybrid_prefill_option_s", "decode_hybrid_prefill_option_ms"} <= set(e2e)
     figures = [f for row in (decode, prefill, e2e) for f in _figures(row)]
     assert len(figures) >= 20 and all(f["min"] <= f["median"] <= f["max"] for f in figures)

@@ -4,6 +4,7 @@ accelerate's KV methods and its paired summary."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -340,3 +341,46 @@ def test_random_kv_heads_are_drawn_outside_the_core_ones() -> None:
     crowded = KVBudget(shape, frozenset(shape.kv_heads()[:7]), np.zeros((3, 4)), 0.1, 0.6, 0, False)
     with pytest.raises(ValueError, match="leaving 5 to draw as many from"):
         plan_method("random", crowded)
+
+
+@pytest.mark.parametrize("mask_elements", [1 << 25, 1000])  # one call per buffer / blocks crossing query groups
+@pytest.mark.parametrize("prefix", [0, 3])  # the prompt starts with visual tokens (early rows see nothing) or text
+def test_fused_prefill_equals_masked_attention(
+    monkeypatch: pytest.MonkeyPatch, mask_elements: int, prefix: int
+) -> None:
+    """The prefill option's attention, against an independent float64 softmax in which every query head sees
+    exactly its KV head's kept tokens at or before its row: a left-padded batch, GQA, consecutive and
+    scattered reduced heads, two budgets, a full head."""
+    import corehead.attention.hybrid as hybrid_module
+    from corehead.attention.hybrid import HybridState
+    from corehead.attention.recorder import compact_mask
+
+    monkeypatch.setattr(hybrid_module, "PREFILL_MASK_ELEMENTS", mask_elements)
+    image, groups, n_kv, dim, length = 7, 3, 4, 8, 40
+    torch.manual_seed(prefix)
+    ids = torch.randint(10, 50, (2, length))
+    ids[:, prefix : prefix + 24] = image
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, :5] = 0  # the second row is left-padded
+    ids[1, :5] = 0
+    plan = KVPlan({(0, 0): 0.3, (0, 2): 0.3, (0, 3): 0.1}, "snap", window=4, prefill=True)  # KV head 1 full
+    state = HybridState(plan, groups, n_kv, [image])
+    state.start(ids, attention_mask, SimpleNamespace(), 1)
+    query = torch.randn(2, n_kv * groups, length, dim)
+    key, value = torch.randn(2, n_kv, length, dim), torch.randn(2, n_kv, length, dim)
+    mask = compact_mask(2, length, length, attention_mask=attention_mask)
+    got = state.attend(SimpleNamespace(layer_idx=0), query, key, value, mask, 0.3)  # [B, L, H, D]
+
+    sees = torch.zeros(2, n_kv, length, dtype=torch.bool)  # which prompt tokens each KV head kept
+    for buf in state.layers[0].buffers:
+        for i, j in enumerate(buf.heads):
+            sees[:, j].scatter_(1, buf.positions[:, i], True)
+    assert sees[:, 1].all() and not sees[:, 3].all()
+    rows, keys = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    allowed = sees[:, :, None, :] & (keys <= rows) & attention_mask.bool()[:, None, None, :]  # [B, Hkv, L, L]
+    allowed = allowed.repeat_interleave(groups, 1)
+    scores = (query.double() @ key.double().repeat_interleave(groups, 1).transpose(-1, -2)) * 0.3
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)  # a row seeing nothing: 0
+    want = (weights @ value.double().repeat_interleave(groups, 1)).transpose(1, 2)
+    assert (~allowed.any(-1)).any()  # some rows see no key (padding, or visual tokens before any kept one)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

@@ -36,11 +36,13 @@ import torch
 from torch.nn import functional as F
 
 from corehead.attention.kv_cache import Buffer, HybridLayer
-from corehead.attention.recorder import CHUNK_ELEMENTS, LAYER_ATTENTION, CompactMask, decoder_attention, scoped, sdpa
+from corehead.attention.recorder import LAYER_ATTENTION, CompactMask, decoder_attention, scoped, sdpa
 from corehead.attention.selectors import SELECTORS, Prefill
 from corehead.models.shape import ModelShape
 
 KVHead = tuple[int, int]  # (layer, KV head)
+# mask entries per fused prefill call: a bool mask beside the kernel's blocks (it never materialises scores)
+PREFILL_MASK_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -128,39 +130,50 @@ class HybridState:
         mask: CompactMask,
         scale: float,
     ) -> torch.Tensor:
-        """Prefill in which each buffer's query heads see only its kept tokens (causally, by position)."""
+        """Prefill in which each buffer's query heads see only its kept tokens (causally, by position).
+
+        Full buffers run the ordinary causal SDPA. A reduced buffer runs fused SDPA over its kept keys with
+        each KV head's query group folded into the query rows ([B, n, groups x L, D]): no repeated keys and
+        one mask per KV head, the comparison of kept positions with the rows' (kept keys are in sequence
+        order, so each row sees a prefix of them); large blocks of rows per call."""
         b, _, length, dim = query.shape
-        out = query.new_empty(b, length, query.shape[1], dim)
+        out = torch.empty_like(query, memory_format=torch.contiguous_format)  # [B, H, L, D]
         for buf in buffers:
-            rows = [h for j in buf.heads for h in range(j * self.groups, (j + 1) * self.groups)]
-            assert buf.positions is not None
+            rows = _query_rows(buf.heads, self.groups)
             if buf.keys.shape[2] == length:  # a full buffer: the ordinary causal attention
-                out[:, :, rows] = sdpa(query[:, rows], key[:, buf.heads], value[:, buf.heads], mask, scale, 0.0)
+                heads = _query_rows(buf.heads, 1)
+                out[:, rows] = sdpa(query[:, rows], key[:, heads], value[:, heads], mask, scale, 0.0).transpose(1, 2)
                 continue
-            kept = buf.keys.shape[2]
-            chunk = max(1, CHUNK_ELEMENTS // max(1, b * len(rows) * kept))
-            for start in range(0, length, chunk):
-                stop = min(length, start + chunk)
-                at = torch.arange(start, stop, device=query.device)
-                visible = (buf.positions[:, :, None, :] <= at[None, None, :, None]) & buf.valid[:, None, None, :]
-                visible = visible.repeat_interleave(self.groups, dim=1)
-                blind = ~visible.any(-1, keepdim=True)  # padding rows
-                attended = F.scaled_dot_product_attention(
-                    query[:, rows, start:stop],
-                    buf.keys,
-                    buf.values,
-                    attn_mask=visible | blind,
-                    scale=scale,
-                    enable_gqa=self.groups > 1,
+            assert buf.positions is not None
+            n, kept = len(buf.heads), buf.keys.shape[2]
+            folded = query[:, rows].reshape(b, n, self.groups * length, dim)
+            # written in place where the heads are consecutive (a view of `out`), else copied in at the end
+            attended = out[:, rows].view(b, n, -1, dim) if isinstance(rows, slice) else folded.new_empty(folded.shape)
+            positions = buf.positions.masked_fill(~buf.valid[:, None, :], length)  # padding: seen by no row
+            lowest = positions.min(-1, keepdim=True).values[:, :, None]  # [B, n, 1, 1] a head's first kept token
+            first = int(lowest.max())  # rows before it see nothing
+            chunk = max(1, PREFILL_MASK_ELEMENTS // max(1, b * n * kept))
+            for start in range(0, self.groups * length, chunk):
+                stop = min(self.groups * length, start + chunk)
+                at = torch.arange(start, stop, device=query.device) % length  # each folded row's position
+                visible = positions[:, :, None, :] <= at[None, None, :, None]  # [B, n, rows, kept]
+                blind = None
+                if start // length != (stop - 1) // length or start % length < first:
+                    blind = lowest > at[None, None, :, None]
+                    visible = visible | blind
+                block = F.scaled_dot_product_attention(
+                    folded[:, :, start:stop], buf.keys, buf.values, attn_mask=visible, scale=scale
                 )
-                out[:, start:stop, rows] = attended.masked_fill(blind, 0.0).transpose(1, 2)
-        return out
+                attended[:, :, start:stop] = block if blind is None else block.masked_fill(blind, 0.0)
+            if not isinstance(rows, slice):
+                out[:, rows] = attended.view(b, n * self.groups, length, dim)
+        return out.transpose(1, 2)
 
     def _attend_buffers(self, layer: HybridLayer, query: torch.Tensor, scale: float) -> torch.Tensor:
         out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
         lq = query.shape[2]
         for buf in layer.buffers:
-            rows = [h for j in buf.heads for h in range(j * self.groups, (j + 1) * self.groups)]
+            rows = _query_rows(buf.heads, self.groups)
             s = buf.keys.shape[2]
             visible = buf.valid[:, None, None, :]
             if lq > 1:  # several new tokens: causal among themselves
@@ -201,6 +214,14 @@ class HybridState:
             for j in heads:
                 self.kept[(layer, j)] = shown
         return out
+
+
+def _query_rows(kv_heads: list[int], groups: int) -> slice | list[int]:
+    """The query heads reading these KV heads: a slice (a view, no copy) when they are consecutive."""
+    first = kv_heads[0]
+    if kv_heads == list(range(first, first + len(kv_heads))):
+        return slice(first * groups, (first + len(kv_heads)) * groups)
+    return [h for j in kv_heads for h in range(j * groups, (j + 1) * groups)]
 
 
 @contextmanager
