@@ -1,4 +1,5 @@
-"""Figures for scoring, ablation and KV-compression results; each takes the summary rows a command wrote.
+"""Figures for scoring, ablation, KV-compression and scale results; each takes the summary rows a command (or
+benchmark) wrote.
 
 Figures are built with matplotlib's object API (no pyplot state, no display needed); every function
 writes one figure (PNG, or SVG when the path ends in .svg) and returns its path.
@@ -6,6 +7,7 @@ writes one figure (PNG, or SVG when the path ends in .svg) and returns its path.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,33 @@ def _tradeoff(table: list[dict[str, Any]], key: str, xlabel: str, title: str, pa
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def scale_costs(table: list[dict[str, Any]], batch: int, title: str, path: Path) -> Path:
+    """Decode time per token (median, min-max as error bars) and KV cache size (GiB) against visual tokens (log
+    x), one line per method, at one batch size: how each method's cost grows with the picture."""
+    fig = Figure(figsize=(10.0, 4.0))
+    axes = fig.subplots(1, 2)
+    rows = sorted((r for r in table if r["batch"] == batch), key=lambda r: r["visual_tokens"])
+    for method, marker in zip(dict.fromkeys(r["method"] for r in rows), itertools.cycle("osD^v"), strict=False):
+        mine = [r for r in rows if r["method"] == method]  # a marker each: methods of equal KV lie on one line
+        tokens = [r["visual_tokens"] for r in mine]
+        low, mid, high = (np.array([r["decode_ms"][k] for r in mine]) for k in ("min", "median", "max"))
+        axes[0].errorbar(tokens, mid, yerr=[mid - low, high - mid], marker=marker, capsize=3, label=method)
+        axes[1].plot(tokens, [r["kv_bytes"] / 2**30 for r in mine], marker=marker, fillstyle="none", label=method)
+    sizes = sorted({r["visual_tokens"] for r in rows})
+    for ax, ylabel in zip(axes, ("decode ms per token", "KV cache (GiB)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("visual tokens")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from corehead.report.scale import SCALE, is_scale
 from corehead.runfolder import SUMMARY, RunFolder
 
 
@@ -17,16 +18,18 @@ class Runs:
     ablations: list[tuple[str, Path]]
     accelerations: list[tuple[str, Path]]
     causal: list[tuple[str, Path]]  # `corehead attribute` runs
+    scales: list[tuple[str, Path]]  # folders with a scale.json of benchmarks/scale.py
     questions: dict[str, str]  # sample id -> question, from answers.jsonl / predictions*.jsonl files
 
     @property
     def labels(self) -> list[str]:
-        return [label for label, _ in self.scores + self.causal + self.ablations + self.accelerations]
+        return [label for label, _ in self.scores + self.causal + self.ablations + self.accelerations + self.scales]
 
 
 def find_runs(folders: list[Path]) -> Runs:
     """Search each folder recursively for heads.json, ablation.json, accelerate.json and attribute.json (a
-    causal run, which writes a heads.json too: it is not counted as a scoring run)."""
+    causal run, which writes a heads.json too: it is not counted as a scoring run), and for the scale.json of
+    the scale benchmark (one whose "benchmark" is not "scale" is not the benchmark's, and is passed over)."""
     for folder in folders:
         if not folder.is_dir():
             raise ValueError(f"{folder} is not a folder")
@@ -42,11 +45,14 @@ def find_runs(folders: list[Path]) -> Runs:
     causal = found(SUMMARY["attribute"])
     attributed = {path for _, path in causal}
     scores = [(label, path) for label, path in found(SUMMARY["score"]) if path not in attributed]
-    runs = Runs(scores, found(SUMMARY["ablate"]), found(SUMMARY["accelerate"]), causal, _questions(folders))
-    if not (runs.scores or runs.ablations or runs.accelerations or runs.causal):
+    scales = [(label, path) for label, path in found(SCALE) if is_scale(path / SCALE)]
+    questions = _questions(folders)
+    runs = Runs(scores, found(SUMMARY["ablate"]), found(SUMMARY["accelerate"]), causal, scales, questions)
+    if not runs.labels:
         names = ", ".join(str(f) for f in folders)
         raise ValueError(
-            f"no runs in {names}: expected heads.json, ablation.json, accelerate.json or attribute.json below it"
+            f"no runs in {names}: expected heads.json, ablation.json, accelerate.json, attribute.json or scale.json"
+            ' (benchmark "scale") below it'
         )
     return runs
 
