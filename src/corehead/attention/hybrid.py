@@ -132,11 +132,11 @@ class HybridState:
     ) -> torch.Tensor:
         """Prefill in which each buffer's query heads see only its kept tokens (causally, by position).
 
-        Full buffers run the ordinary causal SDPA. A reduced buffer runs fused SDPA over its kept keys with
-        each KV head's query group folded into the query rows ([B, n, groups x L, D]): no repeated keys and
-        one mask per KV head, the comparison of kept positions with the rows' (kept keys are in sequence
-        order, so each row sees a prefix of them); large blocks of rows per call."""
-        b, _, length, dim = query.shape
+        Full buffers run the ordinary causal SDPA. A reduced buffer runs fused SDPA over its kept keys, one
+        call per member of the GQA groups and large block of rows (strided views: no repeated keys or copied
+        queries); the mask, one per KV head and shared by its group, compares kept positions with the rows'
+        (kept keys are in sequence order, so each row sees a prefix of them)."""
+        b, length = query.shape[0], query.shape[2]
         out = torch.empty_like(query, memory_format=torch.contiguous_format)  # [B, H, L, D]
         for buf in buffers:
             rows = _query_rows(buf.heads, self.groups)
@@ -145,28 +145,27 @@ class HybridState:
                 out[:, rows] = sdpa(query[:, rows], key[:, heads], value[:, heads], mask, scale, 0.0).transpose(1, 2)
                 continue
             assert buf.positions is not None
-            n, kept = len(buf.heads), buf.keys.shape[2]
-            folded = query[:, rows].reshape(b, n, self.groups * length, dim)
+            heads, kept = query[:, rows], buf.keys.shape[2]  # [B, n x groups, L, D]
             # written in place where the heads are consecutive (a view of `out`), else copied in at the end
-            attended = out[:, rows].view(b, n, -1, dim) if isinstance(rows, slice) else folded.new_empty(folded.shape)
+            attended = out[:, rows] if isinstance(rows, slice) else torch.empty_like(heads)
             positions = buf.positions.masked_fill(~buf.valid[:, None, :], length)  # padding: seen by no row
             lowest = positions.min(-1, keepdim=True).values[:, :, None]  # [B, n, 1, 1] a head's first kept token
             first = int(lowest.max())  # rows before it see nothing
-            chunk = max(1, PREFILL_MASK_ELEMENTS // max(1, b * n * kept))
-            for start in range(0, self.groups * length, chunk):
-                stop = min(self.groups * length, start + chunk)
-                at = torch.arange(start, stop, device=query.device) % length  # each folded row's position
-                visible = positions[:, :, None, :] <= at[None, None, :, None]  # [B, n, rows, kept]
-                blind = None
-                if start // length != (stop - 1) // length or start % length < first:
-                    blind = lowest > at[None, None, :, None]
+            chunk = max(1, PREFILL_MASK_ELEMENTS // max(1, b * len(buf.heads) * kept))
+            for start in range(0, length, chunk):
+                stop = min(length, start + chunk)
+                at = torch.arange(start, stop, device=query.device)[None, None, :, None]
+                visible = positions[:, :, None, :] <= at  # [B, n, rows, kept], one mask for every group member
+                blind = lowest > at if start < first else None
+                if blind is not None:
                     visible = visible | blind
-                block = F.scaled_dot_product_attention(
-                    folded[:, :, start:stop], buf.keys, buf.values, attn_mask=visible, scale=scale
-                )
-                attended[:, :, start:stop] = block if blind is None else block.masked_fill(blind, 0.0)
+                for g in range(self.groups):  # query heads g, g + groups, ...: one per KV head, a view
+                    block = F.scaled_dot_product_attention(
+                        heads[:, g :: self.groups, start:stop], buf.keys, buf.values, attn_mask=visible, scale=scale
+                    )
+                    attended[:, g :: self.groups, start:stop] = block if blind is None else block.masked_fill(blind, 0)
             if not isinstance(rows, slice):
-                out[:, rows] = attended.view(b, n * self.groups, length, dim)
+                out[:, rows] = attended
         return out.transpose(1, 2)
 
     def _attend_buffers(self, layer: HybridLayer, query: torch.Tensor, scale: float) -> torch.Tensor:
