@@ -141,8 +141,8 @@ class HybridState:
         for buf in buffers:
             rows = _query_rows(buf.heads, self.groups)
             if buf.keys.shape[2] == length:  # a full buffer: the ordinary causal attention
-                heads = _query_rows(buf.heads, 1)
-                out[:, rows] = sdpa(query[:, rows], key[:, heads], value[:, heads], mask, scale, 0.0).transpose(1, 2)
+                kv = _query_rows(buf.heads, 1)
+                out[:, rows] = sdpa(query[:, rows], key[:, kv], value[:, kv], mask, scale, 0.0).transpose(1, 2)
                 continue
             assert buf.positions is not None
             heads, kept = query[:, rows], buf.keys.shape[2]  # [B, n x groups, L, D]
@@ -159,6 +159,8 @@ class HybridState:
                 blind = lowest > at if start < first else None
                 if blind is not None:
                     visible = visible | blind
+                # additive, in the query's dtype: SDPA would convert a boolean mask again in every call
+                visible = torch.zeros((), dtype=query.dtype, device=query.device).where(visible, -torch.inf)
                 for g in range(self.groups):  # query heads g, g + groups, ...: one per KV head, a view
                     block = F.scaled_dot_product_attention(
                         heads[:, g :: self.groups, start:stop], buf.keys, buf.values, attn_mask=visible, scale=scale
