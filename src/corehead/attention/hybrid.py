@@ -41,7 +41,8 @@ from corehead.attention.selectors import SELECTORS, Prefill
 from corehead.models.shape import ModelShape
 
 KVHead = tuple[int, int]  # (layer, KV head)
-# mask entries per fused prefill call: a bool mask beside the kernel's blocks (it never materialises scores)
+# mask entries per block of rows in the fused prefill: an additive mask in the query's dtype (128 MiB in
+# float32) beside the kernel's own blocks, which never materialise the scores
 PREFILL_MASK_ELEMENTS = 1 << 25
 
 
@@ -160,10 +161,10 @@ class HybridState:
                 if blind is not None:
                     visible = visible | blind
                 # additive, in the query's dtype: SDPA would convert a boolean mask again in every call
-                visible = torch.zeros((), dtype=query.dtype, device=query.device).where(visible, -torch.inf)
+                bias = torch.zeros((), dtype=query.dtype, device=query.device).where(visible, -torch.inf)
                 for g in range(self.groups):  # query heads g, g + groups, ...: one per KV head, a view
                     block = F.scaled_dot_product_attention(
-                        heads[:, g :: self.groups, start:stop], buf.keys, buf.values, attn_mask=visible, scale=scale
+                        heads[:, g :: self.groups, start:stop], buf.keys, buf.values, attn_mask=bias, scale=scale
                     )
                     attended[:, g :: self.groups, start:stop] = block if blind is None else block.masked_fill(blind, 0)
             if not isinstance(rows, slice):
