@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,7 @@ def _smoke(
 def test_smoke_reports_what_the_geometry_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    start = time.perf_counter()
     report, printed = _smoke([], tmp_path, monkeypatch, capsys)
-    assert time.perf_counter() - start < 120
     assert set(report) == TOP and set(report["geometry"]) == GEOMETRY
     assert report["benchmark"] == "scale" and report["command"].startswith("python benchmarks/scale.py --smoke")
     assert report["device"].startswith("cpu: ") and report["device"].endswith(" threads")
