@@ -48,11 +48,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from head_split import CORE_KV, split_plan
 from timing import CacheFlush, check_repeats, figure, interleaved, last_level_cache, ratio, turns
 from torch.nn import functional as F
 
 HEAD_DIM, HEADS, KV_HEADS, HIDDEN = 128, 32, 8, 4096
-CORE_KV = (0, 1)  # KV heads kept whole in every layer
 QUESTION = 40
 IMAGE = 7  # the token id standing for a visual token
 NEW_TOKENS = 8
@@ -79,10 +79,7 @@ def _decoder(layers: int) -> Any:
 
 
 def _plan(layers: int, budget: float, prefill: bool) -> Any:
-    from corehead.attention.hybrid import KVPlan
-
-    budgets = {(lay, j): budget for lay in range(layers) for j in range(KV_HEADS) if j not in CORE_KV}
-    return KVPlan(budgets, "snap", prefill=prefill)
+    return split_plan(layers, KV_HEADS, budget, prefill=prefill)
 
 
 def _ids(n_visual: int) -> torch.Tensor:

@@ -84,11 +84,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from head_split import CORE_KV, split_plan
 from timing import check_repeats, figure, ratio, text, turns
 
 QUESTION = 40  # question tokens after the visual block
 IMAGE = 7  # the token id that stands for a visual token (question tokens are drawn from 10 up)
-CORE_KV = (0, 1)  # KV heads kept whole in every layer
 ROPE_THETA = 5e6
 SMALL_VOCAB = 1024
 METHODS = ("full", "hybrid", "hybrid_prefill", "query_agnostic")
@@ -167,10 +167,7 @@ def prompts(n_visual: int, batch: int, vocab: int) -> torch.Tensor:
 
 def kv_plan(geometry: Geometry, budget: float, prefill: bool) -> Any:
     """Every KV head but the CoRe ones keeps `budget` of the visual tokens (snap)."""
-    from corehead.attention.hybrid import KVPlan
-
-    budgets = {(lay, j): budget for lay in range(geometry.layers) for j in range(geometry.kv_heads) if j not in CORE_KV}
-    return KVPlan(budgets, "snap", prefill=prefill)
+    return split_plan(geometry.layers, geometry.kv_heads, budget, prefill=prefill)
 
 
 def _sync(device: torch.device) -> None:

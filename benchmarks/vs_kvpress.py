@@ -85,13 +85,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from head_split import CORE_KV, split_plan
 from timing import check_repeats, figure, ratio, turns
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE_PYTHON = ROOT / ".venv-kvpress" / "bin" / "python"
 SETUP = "bash benchmarks/kvpress_env.sh"
 HEAD_DIM, HEADS, KV_HEADS = 128, 32, 8
-CORE_KV = (0, 1)  # KV heads kept whole in every layer (the head split of corehead's hybrid and of Duo)
 QUESTION, IMAGE, VOCAB = 40, 7, 256
 SINK = 4  # corehead's KVPlan.sink: the streaming heads' first kept tokens
 SNAP_WINDOW, SNAP_POOL = 16, 7  # corehead's KVPlan.window and .pool, given to kvpress's SnapKV too
@@ -315,11 +315,10 @@ def _corehead(selector: str) -> Method:
     """corehead's hybrid: KV heads 0-1 whole, the other 6 keep the budget of the visual tokens."""
 
     def around(model: Any, budget: Budget) -> AbstractContextManager[Any]:
-        from corehead.attention.hybrid import KVPlan, hybrid_plan
+        from corehead.attention.hybrid import hybrid_plan
 
-        layers = model.config.num_hidden_layers
-        plan = {(lay, j): budget.visual_budget for lay in range(layers) for j in range(KV_HEADS) if j not in CORE_KV}
-        return hybrid_plan(model, KVPlan(plan, selector, sink=SINK, window=SNAP_WINDOW, pool=SNAP_POOL))
+        layers, options = model.config.num_hidden_layers, {"sink": SINK, "window": SNAP_WINDOW, "pool": SNAP_POOL}
+        return hybrid_plan(model, split_plan(layers, KV_HEADS, budget.visual_budget, selector, **options))
 
     def after(model: Any, cache: Any, state: Any, budget: Budget) -> dict[str, Any]:
         held = sum(storages(kv_tensors(cache)).values())
