@@ -71,10 +71,7 @@ import gc
 import json
 import math
 import os
-import platform
-import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -85,7 +82,7 @@ from typing import Any
 
 import torch
 from head_split import CORE_KV, split_plan
-from timing import check_repeats, figure, ratio, text, turns
+from timing import check_repeats, cpu_model, figure, ratio, text, turns
 
 QUESTION = 40  # question tokens after the visual block
 IMAGE = 7  # the token id that stands for a visual token (question tokens are drawn from 10 up)
@@ -438,13 +435,7 @@ def device_name(device: torch.device) -> str:
     """'cuda: NVIDIA H200' or 'cpu: <model name>, N threads'."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    try:
-        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        found = re.search(r"^Model name:\s*(.+)$", listing, flags=re.MULTILINE)
-        model = found.group(1).strip() if found else platform.processor()
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor() or "unknown"
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def ram_gib() -> float:

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: interleaved repeats, every figure as the median of its repeats with their
-spread (min-max), the CPU's last-level cache and a flush of it between timed calls."""
+spread (min-max), the CPU's model name, its last-level cache and a flush of it between timed calls."""
 
 from __future__ import annotations
 
@@ -76,6 +76,15 @@ def _size_bytes(text: str) -> int:
     if match is None:
         raise ValueError(f"cannot read a cache size from {text!r}")
     return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " "))
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("unknown CPU" where it cannot be read)."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), flags=re.MULTILINE)
+    except OSError:
+        return "unknown CPU"
+    return found.group(1).strip() if found else "unknown CPU"
 
 
 def last_level_cache() -> tuple[int, str]:

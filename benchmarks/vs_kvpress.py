@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from head_split import CORE_KV, split_plan
-from timing import check_repeats, figure, ratio, turns
+from timing import check_repeats, cpu_model, figure, ratio, turns
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE_PYTHON = ROOT / ".venv-kvpress" / "bin" / "python"
@@ -534,14 +534,8 @@ def _side_env(threads: int, mmap_threshold: int = 0) -> dict[str, str]:
 
 def cpu() -> str:
     """The CPU's model name and the cores this process may use."""
-    name = "unknown CPU"
-    try:
-        found = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name")]
-        name = found[0].split(":", 1)[1].strip() if found else name
-    except OSError:
-        pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores"
+    return f"{cpu_model()}, {cores} cores"
 
 
 def launch(python: Path, args: argparse.Namespace, name: str, size: int, repeat: int, folder: Path) -> dict[str, Any]:
